@@ -1,0 +1,202 @@
+// A task: one unit of work owned by the core from submission until it ends.
+//
+// A task has two independent pieces of state packed into one atomic word:
+//  - its *outcome* (none, done, failed, cancelled, timed_out), settled once by whoever gets
+//    there first: the code finishing, a cancel, or a timeout;
+//  - its *phase*: waiting (queued or not yet queued), running, finished (code returned), or
+//    dropped (settled before it started, so it will never run).
+// A cancelled task can thus be settled while its code still runs; the result it produces
+// later is discarded. Waiters sleep on the word itself (futex), so a task costs no mutex
+// or condition variable, and a waiting thread can be interrupted by a signal.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "makeparallel/sync.hpp"
+
+namespace mp {
+
+class metrics_entry;
+class task;
+
+/// How a task's outcome was settled; `none` while still open.
+enum class outcome : uint8_t { none = 0, done, failed, cancelled, timed_out };
+
+/// Where the task's code is.
+enum class phase : uint8_t { waiting = 0, running, finished, dropped };
+
+/// The public status, combining outcome and phase as users see it.
+enum class status : uint8_t { pending, running, done, failed, cancelled, timed_out };
+
+/// The queue a task waits in; told when a queued task is dropped or waited for.
+class task_queue_owner {
+ public:
+  virtual ~task_queue_owner() = default;
+  /// A queued task was settled before it started. Called once, on the settling thread.
+  virtual void task_dropped(task& t) noexcept = 0;
+  /// Someone is about to block on a queued task (the priority queue restarts its
+  /// stopped workers here so that the wait cannot hang).
+  virtual void task_waited(task&) {}
+};
+
+/// Counts live tasks for the runtime. Thread-safe, lock-free.
+class task_tracker {
+ public:
+  /// Tasks submitted whose outcome is not settled yet.
+  uint32_t unsettled() const noexcept { return unsettled_.load(std::memory_order_acquire); }
+  /// Tasks submitted whose code has neither finished nor been dropped.
+  uint32_t live() const noexcept { return live_.load(std::memory_order_acquire); }
+
+  /// Blocks until no task is unsettled (or, with `only_running`, until no task code runs).
+  wait_status wait_idle(bool only_running, const std::optional<clock::time_point>& deadline,
+                        bool interruptible);
+
+ private:
+  friend class task;
+  void add() noexcept;
+  void settled() noexcept;
+  void stopped() noexcept;
+  static void decrement(std::atomic<uint32_t>& counter, std::atomic<uint32_t>& waiters) noexcept;
+
+  std::atomic<uint32_t> unsettled_{0};
+  std::atomic<uint32_t> live_{0};
+  std::atomic<uint32_t> unsettled_waiters_{0};
+  std::atomic<uint32_t> live_waiters_{0};
+};
+
+/// A unit of work. Subclasses implement `execute()`; the rest is shared. Thread-safe.
+class task {
+ public:
+  task() noexcept;
+  virtual ~task() = default;
+  task(const task&) = delete;
+  task& operator=(const task&) = delete;
+
+  /// Unique id, increasing in submission order.
+  uint64_t id() const noexcept { return id_; }
+
+  outcome get_outcome() const noexcept { return outcome_of(state_.load(std::memory_order_acquire)); }
+  phase get_phase() const noexcept { return phase_of(state_.load(std::memory_order_acquire)); }
+  status get_status() const noexcept;
+  /// True once the outcome is settled (result, error, cancelled or timed out).
+  bool settled() const noexcept { return get_outcome() != outcome::none; }
+  /// True while the task's code executes, also after a cancel settled its outcome.
+  bool running() const noexcept { return get_phase() == phase::running; }
+  /// True once cancellation was requested (by cancel or by the timeout).
+  bool cancel_requested() const noexcept;
+
+  /// Requests cancellation and settles the outcome as `as` (cancelled or timed_out) unless
+  /// it was settled already. A task that had not started is dropped and never runs.
+  /// Returns true if this call settled the outcome.
+  bool cancel(outcome as = outcome::cancelled);
+
+  /// Blocks until the outcome is settled.
+  wait_status wait(const std::optional<clock::time_point>& deadline, bool interruptible = false);
+  /// Blocks until the outcome is settled and the code is not running.
+  wait_status wait_stopped(const std::optional<clock::time_point>& deadline,
+                           bool interruptible = false);
+
+  /// Seconds from submission until the outcome settled (or until now while open).
+  double elapsed_seconds() const noexcept;
+  /// Nanoseconds (on `clock`) when the task was submitted; 0 before submission.
+  uint64_t submit_ns() const noexcept { return submit_ns_; }
+
+  /// Runs `fn(*this)` once the outcome settles, on the thread that settles it, or right now
+  /// on this thread if it is settled already. Hooks never run under a core lock.
+  void on_settled(std::function<void(task&)> fn);
+
+  /// Runs the task's code on the calling thread unless it was dropped. Executors call this.
+  void run();
+
+  /// The task running on this thread, if any.
+  static task* current() noexcept;
+
+  /// Marks the task submitted now and counted by `tracker` (may be null).
+  void attach(task_tracker* tracker) noexcept;
+  /// The entry that records the task's execution time (may be null). Set before submission.
+  void set_metrics(metrics_entry* m) noexcept { metrics_ = m; }
+  /// Records the queue now holding the task (null once a worker took it out).
+  void set_queue(task_queue_owner* owner) noexcept {
+    queue_.store(owner, std::memory_order_release);
+  }
+  /// Takes the task out of its queue's books. Exactly one caller, the worker that pops it or
+  /// the cancel that drops it, gets the queue back; the other gets null.
+  task_queue_owner* release_queue() noexcept {
+    return queue_.exchange(nullptr, std::memory_order_acq_rel);
+  }
+  metrics_entry* metrics() const noexcept { return metrics_; }
+
+ protected:
+  /// Runs the code. Must end by calling `complete()` exactly once, after storing any result.
+  virtual void execute() = 0;
+
+  /// Reports that the code finished with `o` (done, failed, or cancelled when the code
+  /// stopped because cancellation was requested). Records metrics, then settles the outcome
+  /// unless a cancel or timeout settled it first. Returns true if `o` became the outcome;
+  /// false means the caller must discard its result.
+  bool complete(outcome o);
+
+ private:
+  static constexpr uint32_t outcome_mask = 0x7;
+  static constexpr uint32_t phase_shift = 3;
+  static constexpr uint32_t phase_mask = 0x3u << phase_shift;
+  static constexpr uint32_t cancel_bit = 1u << 5;
+  static constexpr uint32_t waiters_bit = 1u << 6;
+
+  static outcome outcome_of(uint32_t s) noexcept { return static_cast<outcome>(s & outcome_mask); }
+  static phase phase_of(uint32_t s) noexcept {
+    return static_cast<phase>((s & phase_mask) >> phase_shift);
+  }
+  static uint32_t with_phase(uint32_t s, phase p) noexcept {
+    return (s & ~phase_mask) | (static_cast<uint32_t>(p) << phase_shift);
+  }
+
+  template <class Ready>
+  wait_status wait_for(Ready ready, const std::optional<clock::time_point>& deadline,
+                       bool interruptible);
+  /// Stores `next` if the word still holds `expected` and wakes waiters when needed.
+  bool transition(uint32_t& expected, uint32_t next) noexcept;
+  /// Records `ns` as the settle time unless a settler recorded one already. Called before
+  /// the transition that settles the outcome, so that whoever sees the task settled also
+  /// sees its final elapsed time; a settler that loses the race leaves a time within the
+  /// race, which is as good.
+  void claim_settle_time(uint64_t ns) noexcept;
+  // Not noexcept, like every path that runs hooks: a hook may block on the interpreter's
+  // lock, and an exiting interpreter ends such threads with a forced unwind, which must be
+  // able to pass through (a noexcept frame would turn it into std::terminate).
+  void after_settle();
+
+  std::atomic<uint32_t> state_{0};
+  uint64_t id_;
+  uint64_t submit_ns_ = 0;
+  uint64_t start_ns_ = 0;
+  std::atomic<uint64_t> settle_ns_{0};
+  task_tracker* tracker_ = nullptr;
+  std::atomic<task_queue_owner*> queue_{nullptr};
+  metrics_entry* metrics_ = nullptr;
+
+  std::mutex hooks_mu_;
+  bool hooks_done_ = false;
+  std::vector<std::function<void(task&)>> hooks_;
+};
+
+/// A task whose code is a C++ callable returning the outcome. Used by core tests and by
+/// the binding for internal work.
+class function_task final : public task {
+ public:
+  explicit function_task(std::function<outcome()> fn) : fn_(std::move(fn)) {}
+
+ protected:
+  void execute() override { complete(fn_()); }
+
+ private:
+  std::function<outcome()> fn_;
+};
+
+}  // namespace mp

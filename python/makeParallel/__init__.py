@@ -1,0 +1,99 @@
+"""makeParallel: run Python functions in the background on C++ worker threads.
+
+Put ``@parallel`` (a thread per task), ``@parallel_pool`` (a fixed pool) or
+``@parallel_priority`` (a priority queue) on a function and each call returns
+an ``AsyncHandle`` at once; ``parallel_map`` maps a function over an iterable.
+Tasks can be cancelled, given timeouts, and are timed per function.
+
+Threads run Python code one at a time on a CPython build with a GIL: they
+speed up work that releases it (I/O, ``time.sleep``, hashlib, zlib, NumPy),
+not pure-Python computation.
+"""
+
+from __future__ import annotations
+
+import atexit as _atexit
+import logging as _logging
+import os as _os
+
+from . import _core
+from ._config import (
+    configure_thread_cache,
+    configure_thread_pool,
+    get_priority_queue_info,
+    get_thread_cache_info,
+    get_thread_pool_info,
+    start_priority_worker,
+    stop_priority_worker,
+)
+from ._context import (
+    check_cancelled,
+    get_current_task_id,
+    is_cancelled,
+    report_progress,
+)
+from ._decorators import (
+    ProfiledFunction,
+    TaskFunction,
+    parallel,
+    parallel_fast,
+    parallel_pool,
+    parallel_priority,
+    profiled,
+)
+from ._errors import (
+    DependencyError,
+    ShutdownError,
+    TaskCancelledError,
+    TaskError,
+    TaskTimeoutError,
+    WaitTimeoutError,
+)
+from ._handle import AsyncHandle
+from ._map import parallel_map
+from ._metrics import PerformanceMetrics, get_all_metrics, get_metrics, reset_metrics
+
+__version__ = "0.3.0"
+
+__all__ = [
+    "AsyncHandle",
+    "DependencyError",
+    "PerformanceMetrics",
+    "ProfiledFunction",
+    "ShutdownError",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFunction",
+    "TaskTimeoutError",
+    "WaitTimeoutError",
+    "check_cancelled",
+    "configure_thread_cache",
+    "configure_thread_pool",
+    "get_all_metrics",
+    "get_current_task_id",
+    "get_metrics",
+    "get_priority_queue_info",
+    "get_thread_cache_info",
+    "get_thread_pool_info",
+    "is_cancelled",
+    "parallel",
+    "parallel_fast",
+    "parallel_map",
+    "parallel_pool",
+    "parallel_priority",
+    "profiled",
+    "report_progress",
+    "reset_metrics",
+    "start_priority_worker",
+    "stop_priority_worker",
+]
+
+logger = _logging.getLogger("makeParallel")
+
+_core._init(TaskCancelledError, TaskTimeoutError, WaitTimeoutError, ShutdownError)
+
+# At exit, tasks not cancelled are completed first, as concurrent.futures does;
+# cancelled or timed-out ones are not waited for (see _core._at_exit).
+_atexit.register(_core._at_exit)
+# A forked child gets fresh, empty pools: the parent's threads do not exist there.
+_os.register_at_fork(after_in_child=_core._after_fork_child)

@@ -1,0 +1,52 @@
+"""Exception types raised by makeParallel."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+__all__ = [
+    "TaskError",
+    "TaskCancelledError",
+    "TaskTimeoutError",
+    "DependencyError",
+    "ShutdownError",
+]
+
+
+class TaskError(Exception):
+    """Base class of the errors that makeParallel itself raises."""
+
+
+class TaskCancelledError(TaskError, concurrent.futures.CancelledError):
+    """The task was cancelled before it finished.
+
+    Raised by ``get()`` on a cancelled task, and by ``check_cancelled()`` inside
+    a task whose cancellation was requested.
+    """
+
+
+# Before 3.11 concurrent.futures had its own TimeoutError; derive from both so
+# that code written against either catches ours.
+_TIMEOUT_BASES: tuple[type, ...] = (TimeoutError,)
+if concurrent.futures.TimeoutError is not TimeoutError:
+    _TIMEOUT_BASES = (TimeoutError, concurrent.futures.TimeoutError)
+
+
+class TaskTimeoutError(TaskError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """The task's own ``timeout`` expired before it finished."""
+
+
+class WaitTimeoutError(*_TIMEOUT_BASES):  # type: ignore[misc]
+    """A wait (``get(timeout=...)``) ended before the task finished.
+
+    The task itself goes on; this is the ``TimeoutError`` of
+    ``concurrent.futures``, not a task failure.
+    """
+
+
+class DependencyError(TaskError):
+    """A task did not run because a task it depends on failed or was cancelled."""
+
+
+class ShutdownError(TaskError, RuntimeError):
+    """The library is shut down (or the interpreter is exiting): no new tasks."""

@@ -1,0 +1,911 @@
+// The binding layer: adapts the C++ core to Python. It owns every Python object a task
+// holds and decides when the GIL is taken; the core never sees either.
+//
+// GIL rules, which keep the two lock worlds deadlock-free:
+//  - a thread may take a core lock while holding the GIL, never the reverse: core code does
+//    not wait for the GIL while it holds one of its own locks;
+//  - worker threads take the GIL once per batch of tasks (runner hooks), not per task;
+//  - a Python reference dropped on a thread without the GIL is queued and released by the
+//    next thread that holds it, so destructors never block on the GIL;
+//  - once the interpreter exits (our atexit hook has run), core threads never take the GIL
+//    again and leak what they hold instead.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+
+#include <pythread.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "makeparallel/executor.hpp"
+#include "makeparallel/metrics.hpp"
+#include "makeparallel/os_thread.hpp"
+#include "makeparallel/runtime.hpp"
+#include "makeparallel/task.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Process-wide state. Heap-allocated and never freed: worker threads may outlive the module
+// (a cancelled task stuck in C at exit), so nothing they use may be destroyed under them.
+
+/// Exception types defined by the Python package, registered once at import.
+struct exception_types {
+  PyObject* cancelled = nullptr;     // TaskCancelledError
+  PyObject* timed_out = nullptr;     // TaskTimeoutError
+  PyObject* wait_timeout = nullptr;  // TimeoutError raised by get(timeout=...)
+  PyObject* shutdown = nullptr;      // ShutdownError
+};
+exception_types g_exc;
+
+/// Set by the atexit hook: from then on no core thread takes the GIL.
+std::atomic<bool> g_exiting{false};
+/// Set while the interpreter shuts down: new submissions are refused.
+std::atomic<bool> g_refusing{false};
+
+/// References dropped by threads that do not hold the GIL, released later by one that does.
+class deferred_decrefs {
+ public:
+  void push(PyObject* o) {
+    std::lock_guard<std::mutex> lk(mu_);
+    items_.push_back(o);
+    pending_.store(true, std::memory_order_release);
+  }
+  /// Releases the queued references. GIL held.
+  void drain() {
+    if (!pending_.load(std::memory_order_acquire)) return;
+    std::vector<PyObject*> items;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      items.swap(items_);
+      pending_.store(false, std::memory_order_release);
+    }
+    for (PyObject* o : items) Py_DECREF(o);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<PyObject*> items_;
+  std::atomic<bool> pending_{false};
+};
+deferred_decrefs* g_decrefs = new deferred_decrefs;
+
+/// Drops `o` (if any): at once when this thread holds the GIL, later otherwise.
+void release_ref(PyObject*& o) noexcept {
+  PyObject* p = o;
+  o = nullptr;
+  if (!p || g_exiting.load(std::memory_order_acquire)) return;  // exiting: leak, never block
+  if (PyGILState_Check()) {
+    Py_DECREF(p);
+  } else {
+    try {
+      g_decrefs->push(p);
+    } catch (...) {
+      // Out of memory while queueing: leaking one reference is the only safe choice.
+    }
+  }
+}
+
+/// Per worker thread: its Python thread state, created once and kept between batches, so a
+/// batch costs one GIL hand-over rather than a thread-state allocation.
+struct worker_thread_state {
+  bool ready = false;    // PyGILState_Ensure was called on this thread
+  bool entered = false;  // the GIL is held for the current batch
+  PyGILState_STATE gstate{};
+  PyThreadState* saved = nullptr;
+};
+thread_local worker_thread_state t_worker;
+
+class gil_hooks final : public mp::runner_hooks {
+ public:
+  void enter() override {
+    if (g_exiting.load(std::memory_order_acquire)) return;  // tasks see !entered and stop
+    if (!t_worker.ready) {
+      t_worker.gstate = PyGILState_Ensure();
+      t_worker.ready = true;
+    } else {
+      PyEval_RestoreThread(t_worker.saved);
+    }
+    t_worker.entered = true;
+    g_decrefs->drain();
+  }
+  void leave() override {
+    if (!t_worker.entered) return;
+    g_decrefs->drain();
+    t_worker.entered = false;
+    t_worker.saved = PyEval_SaveThread();
+  }
+  void thread_exit() override {
+    if (!t_worker.ready || g_exiting.load(std::memory_order_acquire)) return;
+    PyEval_RestoreThread(t_worker.saved);
+    PyGILState_Release(t_worker.gstate);
+    t_worker.ready = false;
+  }
+};
+gil_hooks* g_hooks = new gil_hooks;
+mp::runtime* g_runtime = new mp::runtime(g_hooks);
+mp::metrics_registry* g_metrics = new mp::metrics_registry;
+
+mp::runtime& rt() { return *g_runtime; }
+
+// ---------------------------------------------------------------------------------------------
+// Small Python helpers.
+
+/// Takes the current Python exception as one normalised object with its traceback.
+PyObject* fetch_exception() {
+#if PY_VERSION_HEX >= 0x030C0000
+  return PyErr_GetRaisedException();
+#else
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb) PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return value;
+#endif
+}
+
+/// Makes `exc` the current Python exception (new reference taken).
+void restore_exception(PyObject* exc) {
+#if PY_VERSION_HEX >= 0x030C0000
+  Py_INCREF(exc);
+  PyErr_SetRaisedException(exc);
+#else
+  PyObject* type = reinterpret_cast<PyObject*>(Py_TYPE(exc));
+  Py_INCREF(type);
+  Py_INCREF(exc);
+  PyErr_Restore(type, exc, PyException_GetTraceback(exc));
+#endif
+}
+
+/// Appends a PEP 678 note to `exc` (on Pythons before 3.11, to its __notes__ list, which the
+/// traceback printer ignores there). Never raises.
+void add_note(PyObject* exc, const std::string& note) {
+  PyObject* saved = PyErr_Occurred() ? fetch_exception() : nullptr;
+  PyObject* text = PyUnicode_FromStringAndSize(note.data(), static_cast<Py_ssize_t>(note.size()));
+  if (text) {
+    PyObject* notes = PyObject_GetAttrString(exc, "__notes__");
+    if (!notes) {
+      PyErr_Clear();
+      notes = PyList_New(0);
+      if (notes && PyObject_SetAttrString(exc, "__notes__", notes) != 0) Py_CLEAR(notes);
+    }
+    if (notes && PyList_Check(notes)) PyList_Append(notes, text);
+    Py_XDECREF(notes);
+    Py_DECREF(text);
+  }
+  PyErr_Clear();
+  if (saved) {
+    restore_exception(saved);
+    Py_DECREF(saved);
+  }
+}
+
+[[noreturn]] void raise(PyObject* type, const std::string& message) {
+  PyErr_SetString(type, message.c_str());
+  throw nb::python_error();
+}
+
+std::string task_id_string(uint64_t id) { return "task_" + std::to_string(id); }
+
+/// Seconds as given by Python (None or a non-negative number) to an optional deadline.
+std::optional<mp::clock::time_point> deadline_from(std::optional<double> seconds,
+                                                   const char* param) {
+  if (!seconds) return std::nullopt;
+  if (std::isnan(*seconds)) raise(PyExc_ValueError, std::string(param) + " must not be NaN");
+  return mp::deadline_after(std::fmax(*seconds, 0.0));
+}
+
+/// Validates a task timeout: None (-1 returned) or a positive finite number of seconds.
+double parse_timeout(PyObject* value, const char* param = "timeout") {
+  if (value == Py_None) return -1;
+  if (PyBool_Check(value) || !(PyLong_Check(value) || PyFloat_Check(value))) {
+    raise(PyExc_TypeError, std::string(param) + " must be a number of seconds or None, not " +
+                               Py_TYPE(value)->tp_name);
+  }
+  const double s = PyFloat_AsDouble(value);
+  if (s == -1.0 && PyErr_Occurred()) throw nb::python_error();
+  if (!(s > 0) || !std::isfinite(s)) {
+    raise(PyExc_ValueError,
+          std::string(param) + " must be a positive finite number of seconds, got " +
+              nb::borrow<nb::str>(nb::repr(nb::handle(value))).c_str());
+  }
+  return s;
+}
+
+/// Validates a priority: an int (not a bool) that fits in 64 bits.
+int64_t parse_priority(PyObject* value) {
+  if (PyBool_Check(value) || !PyLong_Check(value)) {
+    raise(PyExc_TypeError,
+          std::string("priority must be an int, not ") + Py_TYPE(value)->tp_name);
+  }
+  int overflow = 0;
+  const long long p = PyLong_AsLongLongAndOverflow(value, &overflow);
+  if (overflow != 0) {
+    raise(PyExc_ValueError, "priority must fit in a signed 64-bit integer, got " +
+                                std::string(nb::repr(nb::handle(value)).c_str()));
+  }
+  if (p == -1 && PyErr_Occurred()) throw nb::python_error();
+  return static_cast<int64_t>(p);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tasks that run Python code.
+
+/// What every Python task shares: its name, outcome value, metadata and progress.
+class py_task : public mp::task {
+ public:
+  explicit py_task(PyObject* name) : name_(name) { Py_INCREF(name_); }
+  ~py_task() override {
+    release_ref(name_);
+    release_ref(value_);
+    release_ref(metadata_);
+    release_ref(progress_callbacks_);
+  }
+
+  PyObject* name() const noexcept { return name_; }
+  /// Result (done) or exception (failed, or cancelled when the code raised). Borrowed; valid
+  /// once the outcome is settled.
+  PyObject* value() const noexcept { return value_; }
+  double timeout = -1;
+  std::atomic<double> progress{0.0};
+  std::atomic<bool> interrupt_requested{false};
+  std::atomic<unsigned long> thread_ident{0};
+
+  /// The per-handle metadata dict, created on first use. GIL held.
+  PyObject* metadata() {
+    std::call_once(metadata_once_, [this] { metadata_ = PyDict_New(); });
+    return metadata_;
+  }
+  /// Progress callbacks, a list created on first use. GIL held.
+  PyObject* progress_callbacks() {
+    std::call_once(progress_once_, [this] { progress_callbacks_ = PyList_New(0); });
+    return progress_callbacks_;
+  }
+  bool has_progress_callbacks() const noexcept { return progress_callbacks_ != nullptr; }
+
+ protected:
+  /// Publishes the code's result `r` (new reference), or the pending exception when `r` is
+  /// null. A result that comes too late (cancelled or timed out meanwhile) is dropped.
+  void finish(PyObject* r) {
+    mp::outcome o = mp::outcome::done;
+    if (r) {
+      value_ = r;
+    } else {
+      PyObject* exc = fetch_exception();
+      if (PyObject_IsInstance(exc, g_exc.cancelled) == 1) {
+        o = mp::outcome::cancelled;
+      } else {
+        o = mp::outcome::failed;
+        annotate(exc);
+      }
+      PyErr_Clear();
+      value_ = exc;
+    }
+    if (o == mp::outcome::done) progress.store(1.0, std::memory_order_relaxed);
+    if (!complete(o)) Py_CLEAR(value_);
+  }
+  virtual void annotate(PyObject* exc) {
+    add_note(exc, "raised in makeParallel task " + task_id_string(id()) + " (" +
+                      PyUnicode_AsUTF8(name_) + ")");
+  }
+
+ private:
+  PyObject* name_;
+  PyObject* value_ = nullptr;
+  PyObject* metadata_ = nullptr;
+  PyObject* progress_callbacks_ = nullptr;
+  std::once_flag metadata_once_, progress_once_;
+};
+
+/// `fn(*args, **kwargs)`.
+class call_task final : public py_task {
+ public:
+  call_task(PyObject* name, PyObject* fn, PyObject* args, PyObject* kwargs)
+      : py_task(name), fn_(fn), args_(args), kwargs_(kwargs) {
+    Py_INCREF(fn_);
+    Py_INCREF(args_);
+    Py_XINCREF(kwargs_);
+  }
+  ~call_task() override {
+    release_ref(fn_);
+    release_ref(args_);
+    release_ref(kwargs_);
+  }
+
+ protected:
+  void execute() override {
+    if (!t_worker.entered) {  // the interpreter is exiting: Python cannot run any more
+      complete(mp::outcome::cancelled);
+      return;
+    }
+    // Raw references rather than RAII on purpose: see task::run about forced unwinds.
+    const unsigned long ident = PyThread_get_thread_ident();
+    thread_ident.store(ident, std::memory_order_release);
+    PyObject* r = PyObject_Call(fn_, args_, kwargs_);
+    thread_ident.store(0, std::memory_order_release);
+    if (interrupt_requested.load(std::memory_order_acquire)) {
+      // An interrupt that arrived after the code's last bytecode must not hit the next task.
+      PyThreadState_SetAsyncExc(ident, nullptr);
+    }
+    Py_CLEAR(fn_);
+    Py_CLEAR(args_);
+    Py_CLEAR(kwargs_);
+    finish(r);
+  }
+
+ private:
+  PyObject* fn_;
+  PyObject* args_;
+  PyObject* kwargs_;
+};
+
+/// Shared by the chunks of one parallel_map: once an item fails, no chunk starts new items.
+struct map_state {
+  std::atomic<bool> stop{false};
+};
+
+/// `[fn(x) for x in items]` for one chunk of a parallel_map, stopping at the first failure.
+/// Its result is the list of results, or None when it stopped because another chunk failed.
+class map_chunk_task final : public py_task {
+ public:
+  map_chunk_task(PyObject* name, PyObject* fn, PyObject* items, Py_ssize_t base,
+                 std::shared_ptr<map_state> state)
+      : py_task(name), fn_(fn), items_(items), base_(base), state_(std::move(state)) {
+    Py_INCREF(fn_);
+    Py_INCREF(items_);
+  }
+  ~map_chunk_task() override {
+    release_ref(fn_);
+    release_ref(items_);
+  }
+
+ protected:
+  void execute() override {
+    if (!t_worker.entered) {
+      complete(mp::outcome::cancelled);
+      return;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(items_);
+    PyObject* out = PyList_New(n);
+    Py_ssize_t i = 0;
+    for (; out && i < n; ++i) {
+      if (state_->stop.load(std::memory_order_relaxed)) break;
+      PyObject* r = PyObject_CallOneArg(fn_, PyList_GET_ITEM(items_, i));
+      if (!r) {
+        failed_index_ = base_ + i;
+        state_->stop.store(true, std::memory_order_relaxed);
+        Py_CLEAR(out);
+        break;
+      }
+      PyList_SET_ITEM(out, i, r);
+    }
+    if (out && i < n) {  // stopped early because another chunk failed
+      Py_DECREF(out);
+      Py_INCREF(Py_None);
+      out = Py_None;
+    }
+    Py_CLEAR(fn_);
+    Py_CLEAR(items_);
+    finish(out);
+  }
+  void annotate(PyObject* exc) override {
+    add_note(exc, "raised by parallel_map item " + std::to_string(failed_index_) + " (" +
+                      PyUnicode_AsUTF8(name()) + ")");
+  }
+
+ private:
+  PyObject* fn_;
+  PyObject* items_;
+  Py_ssize_t base_;
+  Py_ssize_t failed_index_ = -1;
+  std::shared_ptr<map_state> state_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// AsyncHandle
+
+struct async_handle {
+  std::shared_ptr<py_task> t;
+};
+
+/// Waits (GIL released) for `t` to settle, or with `stopped` also for its code to stop.
+/// Signals are handled while waiting, so Ctrl-C interrupts a wait in the main thread.
+bool wait_for_task(py_task& t, const std::optional<mp::clock::time_point>& deadline,
+                   bool stopped = false) {
+  auto ready = [&] { return stopped ? t.settled() && !t.running() : t.settled(); };
+  if (ready()) return true;
+  for (;;) {
+    mp::wait_status w;
+    {
+      nb::gil_scoped_release nogil;
+      w = stopped ? t.wait_stopped(deadline, true) : t.wait(deadline, true);
+    }
+    if (w == mp::wait_status::ready) return true;
+    if (w == mp::wait_status::timed_out) return false;
+    if (PyErr_CheckSignals() != 0) throw nb::python_error();
+  }
+}
+
+std::string describe(const py_task& t) {
+  return "task " + task_id_string(t.id()) + " (" + PyUnicode_AsUTF8(t.name()) + ")";
+}
+
+/// The settled outcome as Python sees it: the result, or the matching exception raised.
+nb::object outcome_value(py_task& t) {
+  switch (t.get_outcome()) {
+    case mp::outcome::done:
+      return nb::borrow(t.value());
+    case mp::outcome::failed:
+      restore_exception(t.value());
+      throw nb::python_error();
+    case mp::outcome::cancelled:
+      if (t.value()) {  // the code itself stopped with TaskCancelledError
+        restore_exception(t.value());
+        throw nb::python_error();
+      }
+      raise(g_exc.cancelled, describe(t) + " was cancelled");
+    case mp::outcome::timed_out: {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%g", t.timeout);
+      raise(g_exc.timed_out, describe(t) + " timed out after " + buf + " s");
+    }
+    case mp::outcome::none:
+      break;
+  }
+  raise(PyExc_RuntimeError, describe(t) + " has no outcome yet");
+}
+
+nb::object handle_get(async_handle& h, std::optional<double> timeout) {
+  if (!wait_for_task(*h.t, deadline_from(timeout, "timeout"))) {
+    raise(g_exc.wait_timeout, describe(*h.t) + " did not finish within the timeout");
+  }
+  return outcome_value(*h.t);
+}
+
+const char* status_name(mp::status s) {
+  switch (s) {
+    case mp::status::pending: return "pending";
+    case mp::status::running: return "running";
+    case mp::status::done: return "done";
+    case mp::status::failed: return "failed";
+    case mp::status::cancelled: return "cancelled";
+    case mp::status::timed_out: return "timed_out";
+  }
+  return "unknown";
+}
+
+/// Requests cancellation; with `interrupt`, also raises TaskCancelledError asynchronously in
+/// the task's running Python code. GIL held, which pins the worker: while we hold it, the
+/// recorded thread is still inside this task's call.
+bool handle_cancel(async_handle& h, bool interrupt) {
+  py_task& t = *h.t;
+  const bool settled_now = t.cancel();
+  if (interrupt && t.running()) {
+    t.interrupt_requested.store(true, std::memory_order_release);
+    if (const unsigned long ident = t.thread_ident.load(std::memory_order_acquire)) {
+      PyThreadState_SetAsyncExc(ident, g_exc.cancelled);
+    }
+  }
+  return settled_now;
+}
+
+/// Runs `fn(handle)` when the task settles, with the GIL, on whichever thread settles it.
+/// Errors are reported as unraisable: the Python layer wraps user callbacks to log them.
+void add_settled_hook(nb::handle self, nb::callable fn) {
+  py_task& t = *nb::inst_ptr<async_handle>(self)->t;
+  PyObject* handle_ref = self.ptr();
+  PyObject* fn_ref = fn.ptr();
+  Py_INCREF(handle_ref);
+  Py_INCREF(fn_ref);
+  t.on_settled([handle_ref, fn_ref](mp::task&) mutable {
+    if (g_exiting.load(std::memory_order_acquire)) return;  // leak rather than block at exit
+    const PyGILState_STATE g = PyGILState_Ensure();
+    PyObject* r = PyObject_CallOneArg(fn_ref, handle_ref);
+    if (!r) PyErr_WriteUnraisable(fn_ref);
+    Py_XDECREF(r);
+    Py_DECREF(fn_ref);
+    Py_DECREF(handle_ref);
+    PyGILState_Release(g);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// TaskFunction: the object a task decorator returns. Calling it submits a task. Its call and
+// descriptor slots are plain C functions so a submission costs no argument parsing.
+
+struct task_function {
+  nb::object fn;
+  nb::object name;
+  int where;  // mp::place
+  bool consume_options;
+  double timeout;
+  int64_t priority;
+  mp::metrics_entry* metrics;
+};
+
+PyObject* g_str_timeout = nullptr;
+PyObject* g_str_priority = nullptr;
+
+nb::object submit_call(task_function& f, PyObject* args, PyObject* kwargs, double timeout,
+                       int64_t priority) {
+  if (g_refusing.load(std::memory_order_acquire)) {
+    raise(g_exc.shutdown, "cannot submit tasks while the interpreter is shutting down");
+  }
+  g_decrefs->drain();
+  auto t = std::make_shared<call_task>(f.name.ptr(), f.fn.ptr(), args, kwargs);
+  t->set_metrics(f.metrics);
+  t->timeout = timeout;
+  try {
+    rt().submit(t, static_cast<mp::place>(f.where), priority, timeout);
+  } catch (const mp::shutdown_error& e) {
+    raise(g_exc.shutdown, e.what());
+  }
+  return nb::cast(async_handle{std::move(t)});
+}
+
+PyObject* task_function_call(PyObject* self, PyObject* args, PyObject* kwargs) {
+  try {
+    task_function& f = *nb::inst_ptr<task_function>(self);
+    double timeout = f.timeout;
+    int64_t priority = f.priority;
+    nb::object kw;
+    if (kwargs && PyDict_GET_SIZE(kwargs) != 0) {
+      // Copy: the task keeps the dict, and the caller may reuse the one it passed.
+      kw = nb::steal(PyDict_Copy(kwargs));
+      if (!kw.is_valid()) return nullptr;
+      if (f.consume_options) {
+        if (PyObject* v = PyDict_GetItemWithError(kw.ptr(), g_str_timeout)) {
+          timeout = parse_timeout(v);
+          PyDict_DelItem(kw.ptr(), g_str_timeout);
+        }
+        if (f.where == static_cast<int>(mp::place::priority)) {
+          if (PyObject* v = PyDict_GetItemWithError(kw.ptr(), g_str_priority)) {
+            priority = parse_priority(v);
+            PyDict_DelItem(kw.ptr(), g_str_priority);
+          }
+        }
+        if (PyErr_Occurred()) return nullptr;
+      }
+      if (PyDict_GET_SIZE(kw.ptr()) == 0) kw.reset();
+    }
+    return submit_call(f, args, kw.ptr(), timeout, priority).release().ptr();
+  } catch (nb::python_error& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+/// Binds the TaskFunction to an instance, like a function does, so methods work.
+PyObject* task_function_get(PyObject* self, PyObject* obj, PyObject*) {
+  if (!obj || obj == Py_None) {
+    Py_INCREF(self);
+    return self;
+  }
+  return PyMethod_New(self, obj);
+}
+
+PyType_Slot task_function_slots[] = {
+    {Py_tp_call, reinterpret_cast<void*>(task_function_call)},
+    {Py_tp_descr_get, reinterpret_cast<void*>(task_function_get)},
+    {0, nullptr}};
+
+// ---------------------------------------------------------------------------------------------
+// ProfiledFunction: calls the function and records its time and outcome under a name.
+
+struct profiled_function {
+  nb::object fn;
+  mp::metrics_entry* metrics;
+};
+
+PyObject* profiled_call(PyObject* self, PyObject* args, PyObject* kwargs) {
+  profiled_function& p = *nb::inst_ptr<profiled_function>(self);
+  const uint64_t start = mp::now_ns();
+  PyObject* r = PyObject_Call(p.fn.ptr(), args, kwargs);
+  p.metrics->record(mp::now_ns() - start, 0, r != nullptr);
+  return r;
+}
+
+PyType_Slot profiled_slots[] = {
+    {Py_tp_call, reinterpret_cast<void*>(profiled_call)},
+    {Py_tp_descr_get, reinterpret_cast<void*>(task_function_get)},
+    {0, nullptr}};
+
+// ---------------------------------------------------------------------------------------------
+// Module-level helpers.
+
+nb::dict snapshot_dict(const mp::metrics_snapshot& s) {
+  nb::dict d;
+  const double ms = 1e-6;
+  const uint64_t total = s.total();
+  d["total_tasks"] = total;
+  d["completed_tasks"] = s.completed;
+  d["failed_tasks"] = s.failed;
+  d["total_execution_time_ms"] = static_cast<double>(s.total_ns) * ms;
+  d["average_execution_time_ms"] =
+      total ? static_cast<double>(s.total_ns) * ms / static_cast<double>(total) : 0.0;
+  d["min_execution_time_ms"] = static_cast<double>(s.min_ns) * ms;
+  d["max_execution_time_ms"] = static_cast<double>(s.max_ns) * ms;
+  d["p50_execution_time_ms"] = s.p50_ns * ms;
+  d["p95_execution_time_ms"] = s.p95_ns * ms;
+  d["p99_execution_time_ms"] = s.p99_ns * ms;
+  d["total_queue_time_ms"] = static_cast<double>(s.queue_ns) * ms;
+  return d;
+}
+
+nb::dict executor_info_dict(mp::place where) {
+  nb::dict d;
+  mp::executor* e = rt().peek(where);
+  const mp::executor_info i = e ? e->info() : mp::executor_info{0, 0, 0, 0, 0, 0, false};
+  d["current_threads"] = i.current_threads;
+  d["idle_threads"] = i.idle_threads;
+  d["active_tasks"] = i.active_tasks;
+  d["queued_tasks"] = i.queued_tasks;
+  d["running"] = i.running;
+  return d;
+}
+
+py_task* current_py_task() { return dynamic_cast<py_task*>(mp::task::current()); }
+
+/// Atexit: wait for every task that was not cancelled, then let the interpreter go.
+void at_exit() {
+  for (;;) {
+    mp::wait_status w;
+    {
+      nb::gil_scoped_release nogil;
+      w = rt().tracker().wait_idle(false, std::nullopt, true);
+    }
+    if (w == mp::wait_status::interrupted) {
+      if (PyErr_CheckSignals() != 0) {  // Ctrl-C: abandon the rest, as documented
+        PyErr_Clear();
+        break;
+      }
+      continue;
+    }
+    // Refuse new work, then make sure none slipped in between the wait and the refusal.
+    g_refusing.store(true, std::memory_order_release);
+    if (rt().tracker().unsettled() == 0) break;
+    g_refusing.store(false, std::memory_order_release);
+  }
+  g_refusing.store(true, std::memory_order_release);
+  g_decrefs->drain();
+  g_exiting.store(true, std::memory_order_release);
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "makeParallel's C++ core, bound for Python. Use the makeParallel package instead.";
+  // Tasks stuck in C at exit keep references on purpose (see at_exit); don't report them.
+  nb::set_leak_warnings(false);
+
+  g_str_timeout = PyUnicode_InternFromString("timeout");
+  g_str_priority = PyUnicode_InternFromString("priority");
+
+  m.def(
+      "_init",
+      [](nb::handle cancelled, nb::handle timed_out, nb::handle wait_timeout,
+         nb::handle shutdown) {
+        g_exc = {cancelled.inc_ref().ptr(), timed_out.inc_ref().ptr(),
+                 wait_timeout.inc_ref().ptr(), shutdown.inc_ref().ptr()};
+      },
+      "cancelled"_a, "timed_out"_a, "wait_timeout"_a, "shutdown"_a,
+      "Registers the package's exception types with the core.");
+
+  nb::class_<async_handle>(m, "AsyncHandle", nb::is_weak_referenceable(),
+                           "The handle of a submitted task.")
+      .def("get", &handle_get, "timeout"_a = nb::none())
+      .def(
+          "try_get",
+          [](async_handle& h) -> nb::object {
+            if (!h.t->settled()) return nb::none();
+            return outcome_value(*h.t);
+          },
+          "Result if finished successfully, None if not finished; raises like get().")
+      .def(
+          "wait",
+          [](async_handle& h, std::optional<double> timeout_secs) {
+            return wait_for_task(*h.t, deadline_from(timeout_secs, "timeout_secs"));
+          },
+          "timeout_secs"_a = nb::none(),
+          "Waits until the task finishes or the timeout passes; returns is_ready().")
+      .def("is_ready", [](async_handle& h) { return h.t->settled(); })
+      .def("running", [](async_handle& h) { return h.t->running(); })
+      .def("status", [](async_handle& h) { return status_name(h.t->get_status()); })
+      .def("is_cancelled", [](async_handle& h) { return h.t->cancel_requested(); })
+      .def("cancel", &handle_cancel, "interrupt"_a = false)
+      .def(
+          "cancel_with_timeout",
+          [](async_handle& h, nb::handle timeout_secs) {
+            const double s = parse_timeout(timeout_secs.ptr(), "timeout_secs");
+            if (s < 0) raise(PyExc_TypeError, "timeout_secs must be a number of seconds");
+            handle_cancel(h, false);
+            return wait_for_task(*h.t, mp::deadline_after(s), true);
+          },
+          "timeout_secs"_a)
+      .def("elapsed_time", [](async_handle& h) { return h.t->elapsed_seconds(); })
+      .def("get_name", [](async_handle& h) { return nb::borrow<nb::str>(h.t->name()); })
+      .def("get_task_id", [](async_handle& h) { return task_id_string(h.t->id()); })
+      .def("get_timeout",
+           [](async_handle& h) -> nb::object {
+             return h.t->timeout > 0 ? nb::object(nb::float_(h.t->timeout)) : nb::none();
+           })
+      .def("get_progress",
+           [](async_handle& h) { return h.t->progress.load(std::memory_order_relaxed); })
+      .def("_metadata", [](async_handle& h) { return nb::borrow<nb::dict>(h.t->metadata()); })
+      .def("_progress_callbacks",
+           [](async_handle& h) { return nb::borrow<nb::list>(h.t->progress_callbacks()); })
+      .def("_add_settled_hook", &add_settled_hook, "fn"_a)
+      .def("_outcome", [](async_handle& h) { return static_cast<int>(h.t->get_outcome()); })
+      .def("_value", [](async_handle& h) -> nb::object {
+        return h.t->value() ? nb::borrow(h.t->value()) : nb::none();
+      });
+
+  nb::class_<task_function>(m, "TaskFunction", nb::type_slots(task_function_slots),
+                            nb::dynamic_attr(), nb::is_weak_referenceable(),
+                            "A function whose calls run as tasks.")
+      .def(
+          "__init__",
+          [](task_function* self, nb::callable fn, nb::str name, int where,
+             bool consume_options, nb::handle timeout, nb::handle priority) {
+            const double t = parse_timeout(timeout.ptr());
+            const int64_t p = priority.is_none() ? 0 : parse_priority(priority.ptr());
+            if (where < 0 || where > 2) raise(PyExc_ValueError, "unknown execution place");
+            new (self) task_function{fn, name, where, consume_options, t, p,
+                                     &g_metrics->entry(name.c_str())};
+          },
+          "fn"_a, "name"_a, "where"_a, "consume_options"_a, "timeout"_a = nb::none(),
+          "priority"_a = nb::none())
+      .def_prop_ro("_fn", [](task_function& f) { return f.fn; })
+      .def_prop_ro("_metrics_name", [](task_function& f) { return f.name; })
+      .def_prop_ro("_where", [](task_function& f) { return f.where; })
+      .def_prop_ro("_timeout",
+                   [](task_function& f) -> nb::object {
+                     return f.timeout > 0 ? nb::object(nb::float_(f.timeout)) : nb::none();
+                   })
+      .def_prop_ro("_priority", [](task_function& f) { return f.priority; });
+
+  nb::class_<profiled_function>(m, "ProfiledFunction", nb::type_slots(profiled_slots),
+                                nb::dynamic_attr(), nb::is_weak_referenceable(),
+                                "A function whose calls are timed and counted.")
+      .def(
+          "__init__",
+          [](profiled_function* self, nb::callable fn, nb::str name) {
+            new (self) profiled_function{fn, &g_metrics->entry(name.c_str())};
+          },
+          "fn"_a, "name"_a)
+      .def_prop_ro("_fn", [](profiled_function& p) { return p.fn; });
+
+  m.def(
+      "_record",
+      [](nb::str name, double seconds, bool ok) {
+        const double ns = std::fmax(seconds, 0.0) * 1e9;
+        g_metrics->entry(name.c_str()).record(static_cast<uint64_t>(ns), 0, ok);
+      },
+      "name"_a, "seconds"_a, "ok"_a, "Records one timed call under name.");
+
+  m.def(
+      "_map_chunk",
+      [](nb::callable fn, nb::str name, nb::list items, Py_ssize_t base,
+         nb::capsule state) {
+        auto* st = static_cast<std::shared_ptr<map_state>*>(state.data());
+        auto t = std::make_shared<map_chunk_task>(name.ptr(), fn.ptr(), items.ptr(), base, *st);
+        rt().submit(t, mp::place::pool);
+        return async_handle{std::move(t)};
+      },
+      "fn"_a, "name"_a, "items"_a, "base"_a, "state"_a);
+  m.def("_map_state", [] {
+    return nb::capsule(new std::shared_ptr<map_state>(std::make_shared<map_state>()),
+                       [](void* p) noexcept { delete static_cast<std::shared_ptr<map_state>*>(p); });
+  });
+  m.def("_map_stop", [](nb::capsule state) {
+    (*static_cast<std::shared_ptr<map_state>*>(state.data()))->stop.store(true);
+  });
+
+  // ---- thread pool, thread cache, priority workers
+  m.def("_configure_pool", [](size_t n, size_t stack) { rt().configure_pool(n, stack); });
+  m.def("_pool_info", [] {
+    nb::dict d = executor_info_dict(mp::place::pool);
+    d["configured"] = rt().pool_configured();
+    d["current_num_threads"] = rt().pool_threads();
+    const size_t stack = rt().pool_stack_size();
+    d["stack_size"] = stack ? stack : mp::default_stack_size();
+    return d;
+  });
+  m.def("_configure_cache", [](size_t n, double idle) { rt().configure_cache(n, idle); });
+  m.def("_cache_info", [] {
+    nb::dict d = executor_info_dict(mp::place::cache);
+    d["max_threads"] = rt().cache_max_threads();
+    d["idle_timeout_secs"] = rt().cache_idle_timeout();
+    return d;
+  });
+  m.def("_start_priority", [](size_t n) { rt().start_priority(n); });
+  m.def("_stop_priority", [](bool cancel_pending) { rt().stop_priority(cancel_pending); });
+  m.def("_priority_info", [] {
+    nb::dict d = executor_info_dict(mp::place::priority);
+    mp::executor* e = rt().peek(mp::place::priority);
+    d["num_workers"] = e ? e->info().num_threads : 0;
+    return d;
+  });
+
+  // ---- metrics
+  m.def("_get_metrics", [](nb::str name) -> nb::object {
+    auto s = g_metrics->find(name.c_str());
+    if (!s) return nb::none();
+    return snapshot_dict(*s);
+  });
+  m.def("_all_metrics", [] {
+    nb::dict out;
+    for (const auto& [name, s] : g_metrics->all()) out[nb::str(name.c_str())] = snapshot_dict(s);
+    return out;
+  });
+  m.def("reset_metrics", [] { g_metrics->reset(); }, "Clears every recorded metric.");
+
+  // ---- inside a task
+  m.def("_current_task_id", []() -> nb::object {
+    py_task* t = current_py_task();
+    if (!t) return nb::none();
+    return nb::str(task_id_string(t->id()).c_str());
+  });
+  m.def("_is_cancelled", [] {
+    py_task* t = current_py_task();
+    return t != nullptr && t->cancel_requested();
+  });
+  m.def("_report_progress", [](double fraction, std::optional<uint64_t> id) -> nb::object {
+    std::shared_ptr<mp::task> keep;
+    py_task* t = nullptr;
+    if (id) {
+      keep = rt().find(*id);
+      t = dynamic_cast<py_task*>(keep.get());
+      if (!t) raise(PyExc_ValueError, "no running task has id " + task_id_string(*id));
+    } else {
+      t = current_py_task();
+      if (!t) {
+        raise(PyExc_RuntimeError,
+              "report_progress() was called outside a task; pass task_id= to report for one");
+      }
+    }
+    t->progress.store(fraction, std::memory_order_relaxed);
+    if (!t->has_progress_callbacks()) return nb::none();
+    return nb::borrow<nb::list>(t->progress_callbacks());
+  });
+
+  // ---- lifetime
+  m.def("_at_exit", &at_exit);
+  m.def("_after_fork_child", [] {
+    // The parent's worker threads do not exist here and their locks may be held forever:
+    // start over with fresh, empty executors. The old runtime is leaked on purpose.
+    g_decrefs = new deferred_decrefs;
+    g_runtime = new mp::runtime(g_hooks);
+  });
+  m.def("_active_task_count", [] { return rt().tracker().live(); });
+  m.def("_shutdown", [](bool cancel_pending, std::optional<double> timeout) {
+    rt().begin_shutdown(cancel_pending);
+    mp::wait_status w;
+    {
+      nb::gil_scoped_release nogil;
+      w = rt().tracker().wait_idle(true, deadline_from(timeout, "timeout_secs"), false);
+    }
+    return w == mp::wait_status::ready;
+  });
+  m.def("_reset_shutdown", [] { rt().reset_shutdown(); });
+
+  m.def("current_thread_stack_size", &mp::current_thread_stack_size,
+        "Stack size in bytes of the calling thread.");
+  m.def("_available_cpus", &mp::available_cpus);
+  m.def("_page_size", &mp::page_size);
+  m.attr("_min_stack_size") = mp::min_stack_size;
+}
