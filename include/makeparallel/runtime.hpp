@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "makeparallel/executor.hpp"
+#include "makeparallel/memory.hpp"
 #include "makeparallel/task.hpp"
 #include "makeparallel/timer.hpp"
 
@@ -19,6 +20,11 @@ enum class place : uint8_t { pool, cache, priority };
 
 /// Thrown by submit once the runtime refuses new tasks.
 struct shutdown_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Thrown by submit while the memory limit is exceeded.
+struct memory_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
@@ -35,7 +41,8 @@ class runtime {
   runtime& operator=(const runtime&) = delete;
 
   /// Submits `t` to `where`. A positive `timeout_secs` settles it as timed out that long
-  /// after submission. Throws shutdown_error after shutdown().
+  /// after submission. Throws shutdown_error after shutdown(), memory_error while the
+  /// memory limit is exceeded.
   void submit(const std::shared_ptr<task>& t, place where, int64_t priority = 0,
               double timeout_secs = -1);
   /// Registers `t` (counted, timed) without queuing it; the caller queues it later with
@@ -63,19 +70,21 @@ class runtime {
   void start_priority(size_t num_workers);
   void stop_priority(bool cancel_pending);
 
-  /// Refuses new submissions; cancels queued tasks if asked; requests cancellation of the
-  /// running ones (they stop when their code returns).
+  /// Refuses new submissions; cancels tasks not started yet if asked; requests cancellation
+  /// of the running ones (they stop when their code returns).
   void begin_shutdown(bool cancel_pending);
   void reset_shutdown() noexcept { shut_down_.store(false); }
   bool is_shut_down() const noexcept { return shut_down_.load(); }
-  /// Requests cancellation of every task whose code is running.
-  void cancel_all_running();
+  /// Requests cancellation of every task whose code is running, and with `waiting_too` of
+  /// every task not started yet (queued, or waiting for dependencies).
+  void cancel_tasks(bool waiting_too);
 
   /// The unsettled task with this id, or null (a linear scan: for rare look-ups only).
   std::shared_ptr<task> find(uint64_t id) const;
 
   task_tracker& tracker() noexcept { return tracker_; }
   timer& timers() noexcept { return timer_; }
+  memory_limit& memory() noexcept { return memory_; }
 
  private:
   void track(const std::shared_ptr<task>& t, double timeout_secs);
@@ -83,6 +92,7 @@ class runtime {
   runner_hooks* hooks_;
   task_tracker tracker_;
   timer timer_;
+  memory_limit memory_;
 
   mutable std::mutex mu_;  // guards creation of the executors and the live-task list
   std::unique_ptr<executor> pool_, cache_, priority_;

@@ -45,7 +45,8 @@ class task_queue_owner {
   virtual void task_waited(task&) {}
 };
 
-/// Counts live tasks for the runtime. Thread-safe, lock-free.
+/// Counts live tasks for the runtime, and optionally limits how many are in flight at once.
+/// Thread-safe, lock-free.
 class task_tracker {
  public:
   /// Tasks submitted whose outcome is not settled yet.
@@ -56,6 +57,15 @@ class task_tracker {
   /// Blocks until no task is unsettled (or, with `only_running`, until no task code runs).
   wait_status wait_idle(bool only_running, const std::optional<clock::time_point>& deadline,
                         bool interruptible);
+
+  /// At most `n` admitted tasks in flight (from admission until their code stops or they
+  /// are dropped); 0 removes the limit. Wakes blocked admissions to re-check.
+  void set_limit(uint32_t n) noexcept;
+  uint32_t limit() const noexcept { return limit_.load(std::memory_order_acquire); }
+  /// Takes a slot, blocking while the limit is reached. On `ready` the caller owns a slot and
+  /// must hand it to a task with task::set_admitted() (or give it back with release_slot()).
+  wait_status admit(const std::optional<clock::time_point>& deadline, bool interruptible);
+  void release_slot() noexcept;
 
  private:
   friend class task;
@@ -68,6 +78,9 @@ class task_tracker {
   std::atomic<uint32_t> live_{0};
   std::atomic<uint32_t> unsettled_waiters_{0};
   std::atomic<uint32_t> live_waiters_{0};
+  std::atomic<uint32_t> limit_{0};
+  std::atomic<uint32_t> admitted_{0};
+  std::atomic<uint32_t> admit_waiters_{0};
 };
 
 /// A unit of work. Subclasses implement `execute()`; the rest is shared. Thread-safe.
@@ -95,6 +108,11 @@ class task {
   /// it was settled already. A task that had not started is dropped and never runs.
   /// Returns true if this call settled the outcome.
   bool cancel(outcome as = outcome::cancelled);
+
+  /// Settles a task that has not started as `o` without running it (e.g. failed because a
+  /// task it depends on failed). Unlike cancel(), does not request cancellation. Returns
+  /// false if the task had started or was settled already.
+  bool abandon(outcome o);
 
   /// Blocks until the outcome is settled.
   wait_status wait(const std::optional<clock::time_point>& deadline, bool interruptible = false);
@@ -131,6 +149,8 @@ class task {
     return queue_.exchange(nullptr, std::memory_order_acq_rel);
   }
   metrics_entry* metrics() const noexcept { return metrics_; }
+  /// The task owns an admission slot of its tracker, given back when its code stops.
+  void set_admitted() noexcept { admitted_ = true; }
 
  protected:
   /// Runs the code. Must end by calling `complete()` exactly once, after storing any result.
@@ -171,6 +191,10 @@ class task {
   // lock, and an exiting interpreter ends such threads with a forced unwind, which must be
   // able to pass through (a noexcept frame would turn it into std::terminate).
   void after_settle();
+  /// Settles an unstarted (waiting) task as `o`, dropping it; `request_cancel` also sets the
+  /// cancellation flag. With `only_unstarted` a running task is left alone.
+  bool settle_early(outcome o, bool request_cancel, bool only_unstarted);
+  void code_stopped() noexcept;
 
   std::atomic<uint32_t> state_{0};
   uint64_t id_;
@@ -180,6 +204,7 @@ class task {
   task_tracker* tracker_ = nullptr;
   std::atomic<task_queue_owner*> queue_{nullptr};
   metrics_entry* metrics_ = nullptr;
+  bool admitted_ = false;
 
   std::mutex hooks_mu_;
   bool hooks_done_ = false;

@@ -39,6 +39,7 @@ from ._decorators import (
     parallel_fast,
     parallel_pool,
     parallel_priority,
+    parallel_with_deps,
     profiled,
 )
 from ._errors import (
@@ -50,6 +51,13 @@ from ._errors import (
     WaitTimeoutError,
 )
 from ._handle import AsyncHandle
+from ._lifecycle import (
+    configure_memory_limit,
+    get_active_task_count,
+    reset_shutdown,
+    set_max_concurrent_tasks,
+    shutdown,
+)
 from ._map import parallel_map
 from ._metrics import PerformanceMetrics, get_all_metrics, get_metrics, reset_metrics
 
@@ -67,8 +75,10 @@ __all__ = [
     "TaskTimeoutError",
     "WaitTimeoutError",
     "check_cancelled",
+    "configure_memory_limit",
     "configure_thread_cache",
     "configure_thread_pool",
+    "get_active_task_count",
     "get_all_metrics",
     "get_current_task_id",
     "get_metrics",
@@ -81,16 +91,22 @@ __all__ = [
     "parallel_map",
     "parallel_pool",
     "parallel_priority",
+    "parallel_with_deps",
     "profiled",
     "report_progress",
     "reset_metrics",
+    "reset_shutdown",
+    "set_max_concurrent_tasks",
+    "shutdown",
     "start_priority_worker",
     "stop_priority_worker",
 ]
 
 logger = _logging.getLogger("makeParallel")
 
-_core._init(TaskCancelledError, TaskTimeoutError, WaitTimeoutError, ShutdownError)
+_core._init(
+    TaskCancelledError, TaskTimeoutError, WaitTimeoutError, ShutdownError, DependencyError
+)
 
 # At exit, tasks not cancelled are completed first, as concurrent.futures does;
 # cancelled or timed-out ones are not waited for (see _core._at_exit).

@@ -204,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = list_files(root)
         origin = root
     files = files[: args.limit]
+    # Read before any work of ours starts, so the load is other programs'.
+    load = os.getloadavg()[0]
     if not files:
         print(f"error: no regular files under {root}", file=sys.stderr)
         return 1
@@ -247,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(done) < len(paths):
         print(f"  ({len(paths) - len(done):,} unreadable files skipped)")
     print(f"  {threads} pool threads")
+    cpus = len(os.sched_getaffinity(0))
+    if load > cpus / 2:
+        print(
+            f"  (other programs kept the CPUs busy, load average {load:.1f} on "
+            f"{cpus} CPUs: expect smaller speed-ups)"
+        )
     print()
     print(f"  {'method':<20} {'time':>9} {'speed-up':>9}")
     base = timings[0][1]

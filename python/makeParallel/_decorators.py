@@ -39,7 +39,9 @@ class TaskFunction(_core.TaskFunction):
         Raises:
             TypeError: for an option this kind of task does not have.
         """
-        allowed = {"timeout", "priority"} if self._where == PRIORITY else {"timeout"}
+        allowed = {"timeout"}
+        if self._where == PRIORITY:
+            allowed.add("priority")
         unknown = sorted(set(opts) - allowed)
         if unknown:
             raise TypeError(
@@ -53,6 +55,7 @@ class TaskFunction(_core.TaskFunction):
             False,
             opts.get("timeout", self._timeout),
             opts.get("priority", self._priority),
+            self._with_deps,
         )
         _describe(caller, self._fn)
         return caller
@@ -84,7 +87,9 @@ def _describe(wrapper: Any, func: Callable[..., Any]) -> None:
         wrapper.__qualname__ = wrapper.__name__
 
 
-def _task_decorator(where: int, decorator: str, doc: str) -> Callable[..., Any]:
+def _task_decorator(
+    where: int, decorator: str, doc: str, with_deps: bool = False
+) -> Callable[..., Any]:
     accepts_priority = where == PRIORITY
 
     def decorate(
@@ -99,7 +104,9 @@ def _task_decorator(where: int, decorator: str, doc: str) -> Callable[..., Any]:
 
         def wrap(f: Callable[..., Any]) -> TaskFunction:
             check_callable(f, decorator)
-            wrapper = TaskFunction(f, function_name(f), where, True, timeout, priority)
+            wrapper = TaskFunction(
+                f, function_name(f), where, True, timeout, priority, with_deps
+            )
             _describe(wrapper, f)
             return wrapper
 
@@ -150,6 +157,21 @@ parallel_priority = _task_decorator(
     in submission order) and ``timeout=``. The priority worker starts on the
     first call (see ``start_priority_worker``).
     """,
+)
+
+
+parallel_with_deps = _task_decorator(
+    CACHE,
+    "parallel_with_deps",
+    """Like ``parallel``, with dependencies: ``f(*args, depends_on=[h1, h2])``.
+
+    The task starts only after every handle in ``depends_on`` succeeded, and
+    receives their results as a tuple in its first positional argument. If
+    one fails, is cancelled or times out, the task does not run and fails
+    with ``DependencyError`` (its ``__cause__`` says why). While it waits it
+    occupies no thread.
+    """,
+    with_deps=True,
 )
 
 

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "makeparallel/executor.hpp"
+#include "makeparallel/memory.hpp"
 #include "makeparallel/metrics.hpp"
 #include "makeparallel/os_thread.hpp"
 #include "makeparallel/runtime.hpp"
@@ -45,6 +46,7 @@ struct exception_types {
   PyObject* timed_out = nullptr;     // TaskTimeoutError
   PyObject* wait_timeout = nullptr;  // TimeoutError raised by get(timeout=...)
   PyObject* shutdown = nullptr;      // ShutdownError
+  PyObject* dependency = nullptr;    // DependencyError
 };
 exception_types g_exc;
 
@@ -255,8 +257,9 @@ class py_task : public mp::task {
   }
 
   PyObject* name() const noexcept { return name_; }
-  /// Result (done) or exception (failed, or cancelled when the code raised). Borrowed; valid
-  /// once the outcome is settled.
+  /// Result (done) or exception (failed). Borrowed. Read it only once the outcome is done or
+  /// failed: only the thread that publishes those outcomes writes it before publishing, while
+  /// a thread that loses the race may still write and clear it.
   PyObject* value() const noexcept { return value_; }
   double timeout = -1;
   std::atomic<double> progress{0.0};
@@ -278,6 +281,7 @@ class py_task : public mp::task {
  protected:
   /// Publishes the code's result `r` (new reference), or the pending exception when `r` is
   /// null. A result that comes too late (cancelled or timed out meanwhile) is dropped.
+  /// GIL held.
   void finish(PyObject* r) {
     mp::outcome o = mp::outcome::done;
     if (r) {
@@ -296,6 +300,41 @@ class py_task : public mp::task {
     if (o == mp::outcome::done) progress.store(1.0, std::memory_order_relaxed);
     if (!complete(o)) Py_CLEAR(value_);
   }
+
+ public:
+  /// Fails this unstarted task with DependencyError because `dep` did not succeed. GIL held.
+  void fail_dependency(py_task& dep) {
+    const char* what = dep.get_outcome() == mp::outcome::failed      ? "failed"
+                       : dep.get_outcome() == mp::outcome::timed_out ? "timed out"
+                                                                     : "was cancelled";
+    const std::string msg = "dependency " + describe_task(dep) + " " + what + ", so " +
+                            describe_task(*this) + " did not run";
+    PyObject* cause = nullptr;
+    if (dep.get_outcome() == mp::outcome::failed) {
+      cause = dep.value();
+      Py_INCREF(cause);
+    } else {
+      PyObject* type = dep.get_outcome() == mp::outcome::timed_out ? g_exc.timed_out
+                                                                   : g_exc.cancelled;
+      cause = PyObject_CallFunction(type, "s", (describe_task(dep) + " " + what).c_str());
+    }
+    PyObject* exc = PyObject_CallFunction(g_exc.dependency, "s", msg.c_str());
+    if (!exc) {  // could not even build the error (out of memory): keep what was raised
+      exc = fetch_exception();
+    } else if (cause) {
+      PyException_SetCause(exc, cause);  // steals cause
+      cause = nullptr;
+    }
+    Py_XDECREF(cause);
+    PyErr_Clear();
+    value_ = exc;
+    if (!abandon(mp::outcome::failed)) Py_CLEAR(value_);
+  }
+
+  static std::string describe_task(const py_task& t) {
+    return "task " + task_id_string(t.id()) + " (" + PyUnicode_AsUTF8(t.name()) + ")";
+  }
+ protected:
   virtual void annotate(PyObject* exc) {
     add_note(exc, "raised in makeParallel task " + task_id_string(id()) + " (" +
                       PyUnicode_AsUTF8(name_) + ")");
@@ -309,9 +348,14 @@ class py_task : public mp::task {
   std::once_flag metadata_once_, progress_once_;
 };
 
-/// `fn(*args, **kwargs)`.
+/// `fn(*args, **kwargs)`, or `fn(dependency_results, *args, **kwargs)` when it has
+/// dependencies.
 class call_task final : public py_task {
  public:
+  /// Tasks whose results are passed first. Cleared once this task ran or was abandoned; they
+  /// refer back to it through their hooks only until they settle, so no cycle outlives them.
+  std::vector<std::shared_ptr<py_task>> deps;
+
   call_task(PyObject* name, PyObject* fn, PyObject* args, PyObject* kwargs)
       : py_task(name), fn_(fn), args_(args), kwargs_(kwargs) {
     Py_INCREF(fn_);
@@ -331,6 +375,10 @@ class call_task final : public py_task {
       return;
     }
     // Raw references rather than RAII on purpose: see task::run about forced unwinds.
+    if (!deps.empty() && !prepend_dependency_results()) {
+      finish(nullptr);
+      return;
+    }
     const unsigned long ident = PyThread_get_thread_ident();
     thread_ident.store(ident, std::memory_order_release);
     PyObject* r = PyObject_Call(fn_, args_, kwargs_);
@@ -346,6 +394,32 @@ class call_task final : public py_task {
   }
 
  private:
+  /// args_ = (tuple of dependency results,) + args_. False with a Python error set.
+  bool prepend_dependency_results() {
+    PyObject* results = PyTuple_New(static_cast<Py_ssize_t>(deps.size()));
+    if (!results) return false;
+    for (size_t i = 0; i < deps.size(); ++i) {
+      PyObject* v = deps[i]->value();  // every dependency is done, so its value is set
+      Py_INCREF(v);
+      PyTuple_SET_ITEM(results, static_cast<Py_ssize_t>(i), v);
+    }
+    deps.clear();
+    const Py_ssize_t n = PyTuple_GET_SIZE(args_);
+    PyObject* args = PyTuple_New(n + 1);
+    if (!args) {
+      Py_DECREF(results);
+      return false;
+    }
+    PyTuple_SET_ITEM(args, 0, results);
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      PyObject* a = PyTuple_GET_ITEM(args_, i);
+      Py_INCREF(a);
+      PyTuple_SET_ITEM(args, i + 1, a);
+    }
+    Py_SETREF(args_, args);
+    return true;
+  }
+
   PyObject* fn_;
   PyObject* args_;
   PyObject* kwargs_;
@@ -438,9 +512,7 @@ bool wait_for_task(py_task& t, const std::optional<mp::clock::time_point>& deadl
   }
 }
 
-std::string describe(const py_task& t) {
-  return "task " + task_id_string(t.id()) + " (" + PyUnicode_AsUTF8(t.name()) + ")";
-}
+std::string describe(const py_task& t) { return py_task::describe_task(t); }
 
 /// The settled outcome as Python sees it: the result, or the matching exception raised.
 nb::object outcome_value(py_task& t) {
@@ -451,10 +523,6 @@ nb::object outcome_value(py_task& t) {
       restore_exception(t.value());
       throw nb::python_error();
     case mp::outcome::cancelled:
-      if (t.value()) {  // the code itself stopped with TaskCancelledError
-        restore_exception(t.value());
-        throw nb::python_error();
-      }
       raise(g_exc.cancelled, describe(t) + " was cancelled");
     case mp::outcome::timed_out: {
       char buf[64];
@@ -530,6 +598,7 @@ struct task_function {
   nb::object name;
   int where;  // mp::place
   bool consume_options;
+  bool with_deps;  // takes depends_on=
   double timeout;
   int64_t priority;
   mp::metrics_entry* metrics;
@@ -537,9 +606,68 @@ struct task_function {
 
 PyObject* g_str_timeout = nullptr;
 PyObject* g_str_priority = nullptr;
+PyObject* g_str_depends_on = nullptr;
+
+/// Blocks (GIL released, Ctrl-C honoured) until set_max_concurrent_tasks admits one more.
+void admit(mp::task& t) {
+  mp::task_tracker& tracker = rt().tracker();
+  if (tracker.limit() == 0) return;
+  for (;;) {
+    mp::wait_status w;
+    {
+      nb::gil_scoped_release nogil;
+      w = tracker.admit(std::nullopt, true);
+    }
+    if (w == mp::wait_status::ready) break;
+    if (PyErr_CheckSignals() != 0) throw nb::python_error();
+  }
+  t.set_admitted();
+}
+
+/// Runs `t` once every dependency succeeded, or fails it with DependencyError as soon as one
+/// does not. No thread waits: the last dependency to settle queues it.
+void submit_after(const std::shared_ptr<call_task>& t, mp::place where, double timeout) {
+  rt().adopt(t, timeout);
+  auto remaining = std::make_shared<std::atomic<size_t>>(t->deps.size());
+  const auto deps = t->deps;  // the hooks may clear t->deps while we iterate
+  for (const auto& dep : deps) {
+    // The hook holds the task strongly: a task waiting on others must not vanish because
+    // its handle was dropped. Hooks are freed once the dependency settles.
+    dep->on_settled([t, where, remaining](mp::task& d) {
+      if (d.get_outcome() != mp::outcome::done) {
+        if (t->get_phase() != mp::phase::waiting || g_exiting.load()) return;
+        const PyGILState_STATE g = PyGILState_Ensure();
+        t->fail_dependency(static_cast<py_task&>(d));
+        t->deps.clear();
+        PyGILState_Release(g);
+      } else if (remaining->fetch_sub(1) == 1) {
+        rt().enqueue(t, where);
+      }
+    });
+  }
+}
+
+/// Reads depends_on=: a list or tuple of handles.
+std::vector<std::shared_ptr<py_task>> parse_dependencies(PyObject* value) {
+  if (!PyList_Check(value) && !PyTuple_Check(value)) {
+    raise(PyExc_TypeError, std::string("depends_on must be a list or tuple of AsyncHandle, not ") +
+                               Py_TYPE(value)->tp_name);
+  }
+  std::vector<std::shared_ptr<py_task>> deps;
+  nb::handle seq(value);
+  for (nb::handle item : seq) {
+    async_handle* h = nullptr;
+    if (!nb::try_cast<async_handle*>(item, h) || h == nullptr) {
+      raise(PyExc_TypeError, std::string("depends_on items must be AsyncHandle, got ") +
+                                 Py_TYPE(item.ptr())->tp_name);
+    }
+    deps.push_back(h->t);
+  }
+  return deps;
+}
 
 nb::object submit_call(task_function& f, PyObject* args, PyObject* kwargs, double timeout,
-                       int64_t priority) {
+                       int64_t priority, std::vector<std::shared_ptr<py_task>> deps) {
   if (g_refusing.load(std::memory_order_acquire)) {
     raise(g_exc.shutdown, "cannot submit tasks while the interpreter is shutting down");
   }
@@ -547,10 +675,19 @@ nb::object submit_call(task_function& f, PyObject* args, PyObject* kwargs, doubl
   auto t = std::make_shared<call_task>(f.name.ptr(), f.fn.ptr(), args, kwargs);
   t->set_metrics(f.metrics);
   t->timeout = timeout;
+  t->deps = std::move(deps);
+  admit(*t);
   try {
-    rt().submit(t, static_cast<mp::place>(f.where), priority, timeout);
+    const auto where = static_cast<mp::place>(f.where);
+    if (t->deps.empty()) {
+      rt().submit(t, where, priority, timeout);
+    } else {
+      submit_after(t, where, timeout);
+    }
   } catch (const mp::shutdown_error& e) {
     raise(g_exc.shutdown, e.what());
+  } catch (const mp::memory_error& e) {
+    raise(PyExc_MemoryError, e.what());
   }
   return nb::cast(async_handle{std::move(t)});
 }
@@ -561,6 +698,7 @@ PyObject* task_function_call(PyObject* self, PyObject* args, PyObject* kwargs) {
     double timeout = f.timeout;
     int64_t priority = f.priority;
     nb::object kw;
+    std::vector<std::shared_ptr<py_task>> deps;
     if (kwargs && PyDict_GET_SIZE(kwargs) != 0) {
       // Copy: the task keeps the dict, and the caller may reuse the one it passed.
       kw = nb::steal(PyDict_Copy(kwargs));
@@ -576,11 +714,17 @@ PyObject* task_function_call(PyObject* self, PyObject* args, PyObject* kwargs) {
             PyDict_DelItem(kw.ptr(), g_str_priority);
           }
         }
+        if (f.with_deps) {
+          if (PyObject* v = PyDict_GetItemWithError(kw.ptr(), g_str_depends_on)) {
+            deps = parse_dependencies(v);
+            PyDict_DelItem(kw.ptr(), g_str_depends_on);
+          }
+        }
         if (PyErr_Occurred()) return nullptr;
       }
       if (PyDict_GET_SIZE(kw.ptr()) == 0) kw.reset();
     }
-    return submit_call(f, args, kw.ptr(), timeout, priority).release().ptr();
+    return submit_call(f, args, kw.ptr(), timeout, priority, std::move(deps)).release().ptr();
   } catch (nb::python_error& e) {
     e.restore();
   } catch (const std::exception& e) {
@@ -692,17 +836,29 @@ NB_MODULE(_core, m) {
   // Tasks stuck in C at exit keep references on purpose (see at_exit); don't report them.
   nb::set_leak_warnings(false);
 
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const mp::shutdown_error& e) {
+      PyErr_SetString(g_exc.shutdown, e.what());
+    } catch (const mp::memory_error& e) {
+      PyErr_SetString(PyExc_MemoryError, e.what());
+    }
+  });
+
   g_str_timeout = PyUnicode_InternFromString("timeout");
   g_str_priority = PyUnicode_InternFromString("priority");
+  g_str_depends_on = PyUnicode_InternFromString("depends_on");
 
   m.def(
       "_init",
       [](nb::handle cancelled, nb::handle timed_out, nb::handle wait_timeout,
-         nb::handle shutdown) {
+         nb::handle shutdown, nb::handle dependency) {
         g_exc = {cancelled.inc_ref().ptr(), timed_out.inc_ref().ptr(),
-                 wait_timeout.inc_ref().ptr(), shutdown.inc_ref().ptr()};
+                 wait_timeout.inc_ref().ptr(), shutdown.inc_ref().ptr(),
+                 dependency.inc_ref().ptr()};
       },
-      "cancelled"_a, "timed_out"_a, "wait_timeout"_a, "shutdown"_a,
+      "cancelled"_a, "timed_out"_a, "wait_timeout"_a, "shutdown"_a, "dependency"_a,
       "Registers the package's exception types with the core.");
 
   nb::class_<async_handle>(m, "AsyncHandle", nb::is_weak_referenceable(),
@@ -760,15 +916,16 @@ NB_MODULE(_core, m) {
       .def(
           "__init__",
           [](task_function* self, nb::callable fn, nb::str name, int where,
-             bool consume_options, nb::handle timeout, nb::handle priority) {
+             bool consume_options, nb::handle timeout, nb::handle priority, bool with_deps) {
             const double t = parse_timeout(timeout.ptr());
             const int64_t p = priority.is_none() ? 0 : parse_priority(priority.ptr());
             if (where < 0 || where > 2) raise(PyExc_ValueError, "unknown execution place");
-            new (self) task_function{fn, name, where, consume_options, t, p,
-                                     &g_metrics->entry(name.c_str())};
+            new (self) task_function{fn,        name, where, consume_options,
+                                     with_deps, t,    p,     &g_metrics->entry(name.c_str())};
           },
           "fn"_a, "name"_a, "where"_a, "consume_options"_a, "timeout"_a = nb::none(),
-          "priority"_a = nb::none())
+          "priority"_a = nb::none(), "with_deps"_a = false)
+      .def_prop_ro("_with_deps", [](task_function& f) { return f.with_deps; })
       .def_prop_ro("_fn", [](task_function& f) { return f.fn; })
       .def_prop_ro("_metrics_name", [](task_function& f) { return f.name; })
       .def_prop_ro("_where", [](task_function& f) { return f.where; })
@@ -894,13 +1051,21 @@ NB_MODULE(_core, m) {
   m.def("_active_task_count", [] { return rt().tracker().live(); });
   m.def("_shutdown", [](bool cancel_pending, std::optional<double> timeout) {
     rt().begin_shutdown(cancel_pending);
-    mp::wait_status w;
-    {
-      nb::gil_scoped_release nogil;
-      w = rt().tracker().wait_idle(true, deadline_from(timeout, "timeout_secs"), false);
+    const auto deadline = deadline_from(timeout, "timeout_secs");
+    for (;;) {
+      mp::wait_status w;
+      {
+        nb::gil_scoped_release nogil;
+        w = rt().tracker().wait_idle(true, deadline, true);
+      }
+      if (w != mp::wait_status::interrupted) return w == mp::wait_status::ready;
+      if (PyErr_CheckSignals() != 0) throw nb::python_error();
     }
-    return w == mp::wait_status::ready;
   });
+  m.def("_set_max_concurrent", [](uint32_t n) { rt().tracker().set_limit(n); });
+  m.def("_max_concurrent", [] { return rt().tracker().limit(); });
+  m.def("_set_memory_limit", [](double percent) { rt().memory().set(percent); });
+  m.def("_memory_limit", [] { return rt().memory().get(); });
   m.def("_reset_shutdown", [] { rt().reset_shutdown(); });
 
   m.def("current_thread_stack_size", &mp::current_thread_stack_size,

@@ -1,6 +1,7 @@
 #include "makeparallel/runtime.hpp"
 
 #include <algorithm>
+#include <string>
 
 #include "makeparallel/os_thread.hpp"
 
@@ -64,6 +65,10 @@ void runtime::track(const std::shared_ptr<task>& t, double timeout_secs) {
   if (shut_down_.load(std::memory_order_acquire)) {
     throw shutdown_error("makeParallel is shut down: call reset_shutdown() to submit again");
   }
+  if (memory_.exceeded()) {
+    throw memory_error("memory use is above the limit set by configure_memory_limit (" +
+                       std::to_string(memory_.get()) + " %): task refused");
+  }
   t->attach(&tracker_);
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -126,7 +131,7 @@ void runtime::stop_priority(bool cancel_pending) {
   if (executor* p = peek(place::priority)) p->stop(cancel_pending);
 }
 
-void runtime::cancel_all_running() {
+void runtime::cancel_tasks(bool waiting_too) {
   std::vector<std::shared_ptr<task>> tasks;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -134,8 +139,10 @@ void runtime::cancel_all_running() {
       if (auto p = w.lock()) tasks.push_back(std::move(p));
     }
   }
+  // Outside the lock: cancel() runs hooks, and the last references may drop here.
   for (auto& t : tasks) {
-    if (t->running()) t->cancel();
+    const phase p = t->get_phase();
+    if (p == phase::running || (waiting_too && p == phase::waiting)) t->cancel();
   }
 }
 
@@ -143,19 +150,14 @@ std::shared_ptr<task> runtime::find(uint64_t id) const {
   std::lock_guard<std::mutex> lk(mu_);
   for (const auto& w : live_) {
     auto p = w.lock();
-    if (p && p->id() == id) return p;
+    if (p && p->id() == id && !p->settled()) return p;
   }
   return nullptr;
 }
 
 void runtime::begin_shutdown(bool cancel_pending) {
   shut_down_.store(true, std::memory_order_release);
-  if (cancel_pending) {
-    for (place p : {place::pool, place::cache, place::priority}) {
-      if (executor* e = peek(p)) e->cancel_queued();
-    }
-  }
-  cancel_all_running();
+  cancel_tasks(cancel_pending);
 }
 
 }  // namespace mp

@@ -87,6 +87,34 @@ wait_status task_tracker::wait_idle(bool only_running,
   return result;
 }
 
+void task_tracker::set_limit(uint32_t n) noexcept {
+  limit_.store(n);
+  if (admit_waiters_.load() != 0) detail::futex_wake_all(admitted_);
+}
+
+wait_status task_tracker::admit(const std::optional<clock::time_point>& deadline,
+                                bool interruptible) {
+  for (;;) {
+    uint32_t in_flight = admitted_.load();
+    const uint32_t cap = limit_.load();
+    if (cap == 0 || in_flight < cap) {
+      if (admitted_.compare_exchange_weak(in_flight, in_flight + 1)) return wait_status::ready;
+      continue;
+    }
+    // seq_cst on both sides: either release_slot() sees us waiting, or we see its decrement.
+    admit_waiters_.fetch_add(1);
+    const wait_status w = detail::futex_wait(admitted_, in_flight, deadline);
+    admit_waiters_.fetch_sub(1);
+    if (w == wait_status::timed_out) return w;
+    if (w == wait_status::interrupted && interruptible) return w;
+  }
+}
+
+void task_tracker::release_slot() noexcept {
+  admitted_.fetch_sub(1);
+  if (admit_waiters_.load() != 0) detail::futex_wake_all(admitted_);
+}
+
 // ---- task
 
 namespace {
@@ -131,23 +159,35 @@ bool task::transition(uint32_t& expected, uint32_t next) noexcept {
   return true;
 }
 
-bool task::cancel(outcome as) {
+bool task::cancel(outcome as) { return settle_early(as, true, false); }
+
+bool task::abandon(outcome o) { return settle_early(o, false, true); }
+
+bool task::settle_early(outcome o, bool request_cancel, bool only_unstarted) {
   uint32_t s = state_.load(std::memory_order_acquire);
   for (;;) {
     if (outcome_of(s) != outcome::none) return false;  // too late: the outcome stands
-    uint32_t next = (s & ~outcome_mask) | static_cast<uint32_t>(as) | cancel_bit;
     const bool drop = phase_of(s) == phase::waiting;
+    if (only_unstarted && !drop) return false;
+    uint32_t next = (s & ~outcome_mask) | static_cast<uint32_t>(o);
+    if (request_cancel) next |= cancel_bit;
     if (drop) next = with_phase(next, phase::dropped);
     claim_settle_time(now_ns());
     if (transition(s, next)) {
       if (drop) {
         if (auto* q = release_queue()) q->task_dropped(*this);
-        if (tracker_) tracker_->stopped();
+        code_stopped();
       }
       after_settle();
       return true;
     }
   }
+}
+
+void task::code_stopped() noexcept {
+  if (!tracker_) return;
+  if (admitted_) tracker_->release_slot();
+  tracker_->stopped();
 }
 
 bool task::complete(outcome o) {
@@ -165,7 +205,7 @@ bool task::complete(outcome o) {
     if (transition(s, next)) break;
   }
   if (published) after_settle();
-  if (tracker_) tracker_->stopped();
+  code_stopped();
   return published;
 }
 
