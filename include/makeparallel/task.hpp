@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "makeparallel/sync.hpp"
@@ -153,6 +154,10 @@ class task {
   void set_admitted() noexcept { admitted_ = true; }
 
  protected:
+  /// A name for the task in traces; called only while a trace recorder is installed, from
+  /// the thread that calls complete().
+  virtual std::string label() const { return {}; }
+
   /// Runs the code. Must end by calling `complete()` exactly once, after storing any result.
   virtual void execute() = 0;
 

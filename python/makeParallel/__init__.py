@@ -60,6 +60,7 @@ from ._lifecycle import (
 )
 from ._map import parallel_map
 from ._metrics import PerformanceMetrics, get_all_metrics, get_metrics, reset_metrics
+from ._trace import metrics_report, trace
 
 __version__ = "0.3.0"
 
@@ -86,6 +87,7 @@ __all__ = [
     "get_thread_cache_info",
     "get_thread_pool_info",
     "is_cancelled",
+    "metrics_report",
     "parallel",
     "parallel_fast",
     "parallel_map",
@@ -100,7 +102,43 @@ __all__ = [
     "shutdown",
     "start_priority_worker",
     "stop_priority_worker",
+    "trace",
 ]
+
+# Pure-Python utilities: result caching, retries, timing, collecting handles.
+from ._cache import CacheInfo, memoize, memoize_fast
+from ._collect import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    DoneAndNotDone,
+    ParallelContext,
+    as_completed,
+    gather,
+    wait,
+)
+from ._retry import retry, retry_backoff, retry_cached
+from ._timing import CallCounter, timer
+
+__all__ += [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "CacheInfo",
+    "CallCounter",
+    "DoneAndNotDone",
+    "ParallelContext",
+    "as_completed",
+    "gather",
+    "memoize",
+    "memoize_fast",
+    "retry",
+    "retry_backoff",
+    "retry_cached",
+    "timer",
+    "wait",
+]
+# End of the utilities block.
 
 logger = _logging.getLogger("makeParallel")
 

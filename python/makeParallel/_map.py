@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _core
 from ._validate import check_callable, check_int, function_name
+
+logger = logging.getLogger("makeParallel")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,8 +51,55 @@ def _chunks(items: Iterable[Any], chunksize: int | None, threads: int) -> Iterat
         yield chunk
 
 
+class _Progress:
+    """Reports items done to a tqdm bar and/or an on_progress callback."""
+
+    def __init__(self, items: Iterable[Any], bar: bool, callback: Any, name: str):
+        try:
+            self.total: int | None = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            self.total = None
+        self.done = 0
+        self.callback = callback
+        self.bar = None
+        if bar:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                raise ImportError(
+                    "parallel_map(progress=True) needs tqdm: "
+                    "pip install 'makeparallel[progress]'"
+                ) from None
+            self.bar = tqdm(total=self.total, desc=name, unit="item")
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.callback is not None and self.total:
+            _call_progress(self.callback, self.done / self.total)
+
+    def close(self, finished: bool) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if finished and self.callback is not None and not self.total:
+            _call_progress(self.callback, 1.0)
+
+
+def _call_progress(callback: Any, fraction: float) -> None:
+    try:
+        callback(fraction)
+    except Exception:
+        logger.exception("on_progress callback %r raised", callback)
+
+
 def parallel_map(
-    func: Callable[[T], R], items: Iterable[T], *, chunksize: int | None = None
+    func: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    chunksize: int | None = None,
+    progress: bool = False,
+    on_progress: Callable[[float], Any] | None = None,
 ) -> list[R]:
     """Returns ``[func(x) for x in items]``, computed on the global pool.
 
@@ -66,6 +116,10 @@ def parallel_map(
         items: any iterable.
         chunksize: items per task; chosen from the input length and the pool
             size when ``None``.
+        progress: show a tqdm progress bar (needs the ``progress`` extra).
+        on_progress: called with the fraction of items done (0 to 1) as
+            chunks complete; with an input of unknown length, once with 1.0
+            at the end. Exceptions in it are logged, not raised.
 
     Returns:
         The results, in input order.
@@ -78,6 +132,10 @@ def parallel_map(
     check_callable(func, "parallel_map")
     if chunksize is not None:
         check_int("chunksize", chunksize, 1)
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, not {type(progress).__name__}")
+    if on_progress is not None:
+        check_callable(on_progress, "parallel_map on_progress")
     try:
         iter(items)
     except TypeError:
@@ -87,6 +145,9 @@ def parallel_map(
 
     threads = _core._pool_info()["current_num_threads"]
     name = function_name(func)
+    report = None
+    if progress or on_progress is not None:
+        report = _Progress(items, progress, on_progress, name)
     state = _core._map_state()
     chunks = _chunks(items, chunksize, threads)
     inflight: collections.deque = collections.deque()
@@ -110,9 +171,15 @@ def parallel_map(
                 stopped = True
                 continue
             results.extend(part)
+            if report is not None:
+                report.advance(len(part))
     except BaseException:
         _core._map_stop(state)
         for handle in inflight:
             handle.cancel()
+        if report is not None:
+            report.close(False)
         raise
+    if report is not None:
+        report.close(True)
     return results

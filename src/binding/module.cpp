@@ -30,6 +30,7 @@
 #include "makeparallel/os_thread.hpp"
 #include "makeparallel/runtime.hpp"
 #include "makeparallel/task.hpp"
+#include "makeparallel/trace.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -335,6 +336,9 @@ class py_task : public mp::task {
     return "task " + task_id_string(t.id()) + " (" + PyUnicode_AsUTF8(t.name()) + ")";
   }
  protected:
+  /// complete() runs with the GIL held in this binding, so reading the str is safe.
+  std::string label() const override { return PyUnicode_AsUTF8(name_); }
+
   virtual void annotate(PyObject* exc) {
     add_note(exc, "raised in makeParallel task " + task_id_string(id()) + " (" +
                       PyUnicode_AsUTF8(name_) + ")");
@@ -1010,6 +1014,31 @@ NB_MODULE(_core, m) {
     return out;
   });
   m.def("reset_metrics", [] { g_metrics->reset(); }, "Clears every recorded metric.");
+
+  // ---- trace
+  m.def("_trace_start", [] {
+    // Recorders are never freed: a worker may still be appending to one it saw installed.
+    auto* r = new mp::trace_recorder;
+    if (mp::trace_recorder* old = mp::trace_recorder::install(r)) {
+      mp::trace_recorder::install(old);
+      delete r;
+      raise(PyExc_RuntimeError, "a trace is already being recorded");
+    }
+  });
+  m.def("_trace_stop", [] {
+    mp::trace_recorder* r = mp::trace_recorder::install(nullptr);
+    nb::list events;
+    nb::dict names;
+    if (!r) return nb::make_tuple(events, names);
+    for (const auto& e : r->take()) {
+      events.append(nb::make_tuple(e.task_id, nb::str(e.name.c_str()), e.submit_ns, e.start_ns,
+                                   e.end_ns, e.thread_id, static_cast<int>(e.outcome)));
+    }
+    for (const auto& [tid, name] : r->thread_names()) {
+      names[nb::int_(tid)] = nb::str(name.c_str());
+    }
+    return nb::make_tuple(events, names);
+  });
 
   // ---- inside a task
   m.def("_current_task_id", []() -> nb::object {

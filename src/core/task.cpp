@@ -10,6 +10,7 @@
 #include <ctime>
 
 #include "makeparallel/metrics.hpp"
+#include "makeparallel/trace.hpp"
 
 namespace mp {
 
@@ -193,6 +194,10 @@ void task::code_stopped() noexcept {
 bool task::complete(outcome o) {
   const uint64_t end = now_ns();
   if (metrics_) metrics_->record(end - start_ns_, start_ns_ - submit_ns_, o == outcome::done);
+  if (trace_recorder* r = trace_recorder::active()) {
+    r->add(trace_event{id_, label(), submit_ns_, start_ns_, end,
+                       static_cast<int>(syscall(SYS_gettid)), static_cast<uint8_t>(o)});
+  }
   uint32_t s = state_.load(std::memory_order_acquire);
   bool published = false;
   for (;;) {
