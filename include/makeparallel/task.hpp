@@ -74,6 +74,7 @@ class task_tracker {
   void settled() noexcept;
   void stopped() noexcept;
   static void decrement(std::atomic<uint32_t>& counter, std::atomic<uint32_t>& waiters) noexcept;
+  void wake_admissions() noexcept;
 
   std::atomic<uint32_t> unsettled_{0};
   std::atomic<uint32_t> live_{0};
@@ -82,6 +83,9 @@ class task_tracker {
   std::atomic<uint32_t> limit_{0};
   std::atomic<uint32_t> admitted_{0};
   std::atomic<uint32_t> admit_waiters_{0};
+  // Blocked admissions sleep on this word, bumped whenever the limit changes or a slot is
+  // given back: sleeping on the count alone would miss a raised limit (the count stays).
+  std::atomic<uint32_t> admit_epoch_{0};
 };
 
 /// A unit of work. Subclasses implement `execute()`; the rest is shared. Thread-safe.

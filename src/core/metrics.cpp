@@ -86,7 +86,10 @@ metrics_snapshot metrics_entry::snapshot() const noexcept {
   out.max_ns = max_ns_.load(std::memory_order_relaxed);
   // Percentiles come from bucket midpoints; clamping to the exact extremes keeps them
   // ordered and never outside the observed range.
+  // A reset racing with this read can leave min above max for a moment; clamp only when the
+  // range is sane (std::clamp requires low <= high).
   auto clamp = [&](double v) {
+    if (out.min_ns > out.max_ns) return v;
     return std::clamp(v, static_cast<double>(out.min_ns), static_cast<double>(out.max_ns));
   };
   if (out.total() != 0) {

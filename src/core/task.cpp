@@ -90,21 +90,30 @@ wait_status task_tracker::wait_idle(bool only_running,
 
 void task_tracker::set_limit(uint32_t n) noexcept {
   limit_.store(n);
-  if (admit_waiters_.load() != 0) detail::futex_wake_all(admitted_);
+  wake_admissions();
+}
+
+void task_tracker::wake_admissions() noexcept {
+  // The epoch changes before the wake, so an admission that read the old limit or count
+  // cannot go to sleep on a word that still matches: its futex_wait fails at once.
+  admit_epoch_.fetch_add(1);
+  if (admit_waiters_.load() != 0) detail::futex_wake_all(admit_epoch_);
 }
 
 wait_status task_tracker::admit(const std::optional<clock::time_point>& deadline,
                                 bool interruptible) {
   for (;;) {
+    // Read the epoch first: a new limit or a slot given back after this bumps it.
+    const uint32_t epoch = admit_epoch_.load();
     uint32_t in_flight = admitted_.load();
     const uint32_t cap = limit_.load();
     if (cap == 0 || in_flight < cap) {
       if (admitted_.compare_exchange_weak(in_flight, in_flight + 1)) return wait_status::ready;
       continue;
     }
-    // seq_cst on both sides: either release_slot() sees us waiting, or we see its decrement.
+    // seq_cst on both sides: either wake_admissions() sees us waiting, or we see its epoch.
     admit_waiters_.fetch_add(1);
-    const wait_status w = detail::futex_wait(admitted_, in_flight, deadline);
+    const wait_status w = detail::futex_wait(admit_epoch_, epoch, deadline);
     admit_waiters_.fetch_sub(1);
     if (w == wait_status::timed_out) return w;
     if (w == wait_status::interrupted && interruptible) return w;
@@ -113,7 +122,7 @@ wait_status task_tracker::admit(const std::optional<clock::time_point>& deadline
 
 void task_tracker::release_slot() noexcept {
   admitted_.fetch_sub(1);
-  if (admit_waiters_.load() != 0) detail::futex_wake_all(admitted_);
+  wake_admissions();
 }
 
 // ---- task
