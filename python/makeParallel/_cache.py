@@ -13,7 +13,8 @@ import collections
 import functools
 import inspect
 import threading
-from typing import Any, Callable, Hashable, NamedTuple
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
 
 from ._validate import check_callable, check_int
 
@@ -58,13 +59,14 @@ class _Key(tuple):
 class _Flight:
     """One computation in progress, shared by every caller of its key."""
 
-    __slots__ = ("owner", "finished", "value", "error")
+    __slots__ = ("error", "finished", "owner", "traceback", "value")
 
     def __init__(self) -> None:
         self.owner = threading.get_ident()
         self.finished = threading.Event()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.traceback: Any = None
 
 
 class _Cache:
@@ -79,7 +81,8 @@ class _Cache:
         self.maxsize = maxsize
         self.cache_failures = cache_failures
         self.lock = threading.Lock()
-        # key -> (succeeded, value or exception); ordered oldest use first.
+        # key -> (succeeded, value or (exception, traceback)); ordered oldest
+        # use first.
         self.entries: collections.OrderedDict[Hashable, tuple[bool, Any]] = (
             collections.OrderedDict()
         )
@@ -120,15 +123,17 @@ class _Cache:
                 )
             flight.finished.wait()
             if flight.error is not None:
-                raise flight.error
+                _reraise(flight.error, flight.traceback)
             return flight.value
 
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:
             flight.error = exc
+            flight.traceback = exc.__traceback__
             # Only ordinary failures are worth remembering; Ctrl-C is not.
-            self._finish(key, flight, self.cache_failures and isinstance(exc, Exception))
+            store = self.cache_failures and isinstance(exc, Exception)
+            self._finish(key, flight, store)
             raise
         flight.value = value
         self._finish(key, flight, True)
@@ -142,8 +147,10 @@ class _Cache:
                 del self.flights[key]
                 if store:
                     ok = flight.error is None
-                    self.entries[key] = (ok, flight.value if ok else flight.error)
-                    while self.maxsize is not None and len(self.entries) > self.maxsize:
+                    failure = (flight.error, flight.traceback)
+                    self.entries[key] = (ok, flight.value if ok else failure)
+                    limit = self.maxsize
+                    while limit is not None and len(self.entries) > limit:
                         self.entries.popitem(last=False)
         flight.finished.set()
 
@@ -161,7 +168,14 @@ class _Cache:
 def _deliver(succeeded: bool, value: Any) -> Any:
     if succeeded:
         return value
-    raise value
+    _reraise(*value)
+
+
+def _reraise(error: BaseException, traceback: Any) -> None:
+    # One exception object is raised in many callers. Restarting from the
+    # computing call's traceback each time keeps the frames of earlier raises
+    # from piling up on it.
+    raise error.with_traceback(traceback)
 
 
 def cached_wrapper(

@@ -48,13 +48,16 @@ class TaskFunction(_core.TaskFunction):
                 f"options() got unexpected option(s) {', '.join(unknown)}; "
                 f"allowed: {', '.join(sorted(allowed))}"
             )
+        priority = opts.get("priority", self._priority)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
         caller = TaskFunction(
             self._fn,
             self._metrics_name,
             self._where,
             False,
             opts.get("timeout", self._timeout),
-            opts.get("priority", self._priority),
+            priority,
             self._with_deps,
         )
         _describe(caller, self._fn)

@@ -13,7 +13,8 @@ import logging
 import math
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._cache import cached_wrapper
 from ._context import is_cancelled
@@ -34,7 +35,8 @@ def _check_function(func: Any, decorator: str) -> None:
 
 def _check_delay(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        kind = type(value).__name__
+        raise TypeError(f"{name} must be a number of seconds, not {kind}")
     if not (value >= 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)

@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ._validate import check_callable, function_name
 
