@@ -143,7 +143,11 @@ __all__ += [
 logger = _logging.getLogger("makeParallel")
 
 _core._init(
-    TaskCancelledError, TaskTimeoutError, WaitTimeoutError, ShutdownError, DependencyError
+    TaskCancelledError,
+    TaskTimeoutError,
+    WaitTimeoutError,
+    ShutdownError,
+    DependencyError,
 )
 
 # At exit, tasks not cancelled are completed first, as concurrent.futures does;

@@ -48,7 +48,9 @@ def report_progress(fraction: float, task_id: str | None = None) -> None:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
         raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
     if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
-        raise ValueError(f"fraction must be a finite number in [0, 1], got {fraction!r}")
+        raise ValueError(
+            f"fraction must be a finite number in [0, 1], got {fraction!r}"
+        )
     number = None
     if task_id is not None:
         if not isinstance(task_id, str):

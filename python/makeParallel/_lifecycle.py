@@ -70,9 +70,8 @@ def shutdown(timeout_secs: float | None = 30.0, cancel_pending: bool = True) -> 
     """
     if timeout_secs is not None:
         if isinstance(timeout_secs, bool) or not isinstance(timeout_secs, (int, float)):
-            raise TypeError(
-                f"timeout_secs must be a number or None, not {type(timeout_secs).__name__}"
-            )
+            kind = type(timeout_secs).__name__
+            raise TypeError(f"timeout_secs must be a number or None, not {kind}")
         if math.isnan(timeout_secs) or timeout_secs < 0:
             raise ValueError(f"timeout_secs must be >= 0, got {timeout_secs!r}")
     if not isinstance(cancel_pending, bool):

@@ -29,7 +29,9 @@ def _auto_chunksize(n: int, threads: int) -> int:
     return max(1, min(MAX_AUTO_CHUNK, n // (threads * CHUNKS_PER_THREAD)))
 
 
-def _chunks(items: Iterable[Any], chunksize: int | None, threads: int) -> Iterator[list]:
+def _chunks(
+    items: Iterable[Any], chunksize: int | None, threads: int
+) -> Iterator[list]:
     """Yields lists of consecutive items, reading the input lazily."""
     it = iter(items)
     if chunksize is None:
@@ -37,7 +39,8 @@ def _chunks(items: Iterable[Any], chunksize: int | None, threads: int) -> Iterat
             n = len(items)  # type: ignore[arg-type]
         except TypeError:
             # Unknown length: look ahead a bounded window to choose the size.
-            window = list(itertools.islice(it, threads * CHUNKS_PER_THREAD * MAX_AUTO_CHUNK))
+            lookahead = threads * CHUNKS_PER_THREAD * MAX_AUTO_CHUNK
+            window = list(itertools.islice(it, lookahead))
             chunksize = _auto_chunksize(len(window), threads)
             for i in range(0, len(window), chunksize):
                 yield window[i : i + chunksize]
