@@ -50,7 +50,7 @@ class task_queue_owner {
 /// Thread-safe, lock-free.
 class task_tracker {
  public:
-  /// Tasks submitted whose outcome is not settled yet.
+  /// Tasks submitted whose outcome is not settled yet, or whose settle hooks still run.
   uint32_t unsettled() const noexcept { return unsettled_.load(std::memory_order_acquire); }
   /// Tasks submitted whose code has neither finished nor been dropped.
   uint32_t live() const noexcept { return live_.load(std::memory_order_acquire); }
@@ -99,7 +99,9 @@ class task {
   /// Unique id, increasing in submission order.
   uint64_t id() const noexcept { return id_; }
 
-  outcome get_outcome() const noexcept { return outcome_of(state_.load(std::memory_order_acquire)); }
+  outcome get_outcome() const noexcept {
+    return outcome_of(state_.load(std::memory_order_acquire));
+  }
   phase get_phase() const noexcept { return phase_of(state_.load(std::memory_order_acquire)); }
   status get_status() const noexcept;
   /// True once the outcome is settled (result, error, cancelled or timed out).
@@ -156,6 +158,7 @@ class task {
   metrics_entry* metrics() const noexcept { return metrics_; }
   /// The task owns an admission slot of its tracker, given back when its code stops.
   void set_admitted() noexcept { admitted_ = true; }
+  bool admitted() const noexcept { return admitted_; }
 
  protected:
   /// A name for the task in traces; called only while a trace recorder is installed, from
@@ -170,6 +173,9 @@ class task {
   /// unless a cancel or timeout settled it first. Returns true if `o` became the outcome;
   /// false means the caller must discard its result.
   bool complete(outcome o);
+  /// Like complete(o), but records `exec_ns` as the execution time rather than the time
+  /// spent in execute(): for code that ran elsewhere (a worker process) and timed itself.
+  bool complete(outcome o, uint64_t exec_ns);
 
  private:
   static constexpr uint32_t outcome_mask = 0x7;

@@ -140,9 +140,15 @@ void runtime::cancel_tasks(bool waiting_too) {
     }
   }
   // Outside the lock: cancel() runs hooks, and the last references may drop here.
+  // Unstarted tasks first, newest first: a task waiting on dependencies was submitted after
+  // them, so it is cancelled before a dependency's cancellation could fail it instead.
+  if (waiting_too) {
+    for (auto it = tasks.rbegin(); it != tasks.rend(); ++it) {
+      if ((*it)->get_phase() == phase::waiting) (*it)->cancel();
+    }
+  }
   for (auto& t : tasks) {
-    const phase p = t->get_phase();
-    if (p == phase::running || (waiting_too && p == phase::waiting)) t->cancel();
+    if (t->get_phase() == phase::running) t->cancel();
   }
 }
 

@@ -200,9 +200,11 @@ void task::code_stopped() noexcept {
   tracker_->stopped();
 }
 
-bool task::complete(outcome o) {
+bool task::complete(outcome o) { return complete(o, now_ns() - start_ns_); }
+
+bool task::complete(outcome o, uint64_t exec_ns) {
   const uint64_t end = now_ns();
-  if (metrics_) metrics_->record(end - start_ns_, start_ns_ - submit_ns_, o == outcome::done);
+  if (metrics_) metrics_->record(exec_ns, start_ns_ - submit_ns_, o == outcome::done);
   if (trace_recorder* r = trace_recorder::active()) {
     r->add(trace_event{id_, label(), submit_ns_, start_ns_, end,
                        static_cast<int>(syscall(SYS_gettid)), static_cast<uint8_t>(o)});
@@ -231,7 +233,6 @@ void task::claim_settle_time(uint64_t ns) noexcept {
 }
 
 void task::after_settle() {
-  if (tracker_) tracker_->settled();
   std::vector<std::function<void(task&)>> hooks;
   {
     std::lock_guard<std::mutex> lk(hooks_mu_);
@@ -239,6 +240,9 @@ void task::after_settle() {
     hooks.swap(hooks_);
   }
   for (auto& h : hooks) h(*this);
+  // Counted as settled only once its hooks ran, so that waiting for every task to settle
+  // (interpreter exit) also waits for their completion callbacks.
+  if (tracker_) tracker_->settled();
 }
 
 void task::on_settled(std::function<void(task&)> fn) {
