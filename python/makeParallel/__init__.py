@@ -49,6 +49,7 @@ from ._errors import (
     TaskError,
     TaskTimeoutError,
     WaitTimeoutError,
+    WorkerCrashedError,
 )
 from ._handle import AsyncHandle
 from ._lifecycle import (
@@ -59,6 +60,12 @@ from ._lifecycle import (
     shutdown,
 )
 from ._map import parallel_map
+from ._process import (
+    configure_process_pool,
+    get_default_backend,
+    get_process_pool_info,
+    set_default_backend,
+)
 from ._metrics import PerformanceMetrics, get_all_metrics, get_metrics, reset_metrics
 from ._trace import metrics_report, trace
 
@@ -75,15 +82,19 @@ __all__ = [
     "TaskFunction",
     "TaskTimeoutError",
     "WaitTimeoutError",
+    "WorkerCrashedError",
     "check_cancelled",
     "configure_memory_limit",
+    "configure_process_pool",
     "configure_thread_cache",
     "configure_thread_pool",
     "get_active_task_count",
     "get_all_metrics",
     "get_current_task_id",
+    "get_default_backend",
     "get_metrics",
     "get_priority_queue_info",
+    "get_process_pool_info",
     "get_thread_cache_info",
     "get_thread_pool_info",
     "is_cancelled",
@@ -98,6 +109,7 @@ __all__ = [
     "report_progress",
     "reset_metrics",
     "reset_shutdown",
+    "set_default_backend",
     "set_max_concurrent_tasks",
     "shutdown",
     "start_priority_worker",

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 from . import _core
+from ._process import backend_code
 from ._validate import check_callable, check_seconds, function_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,11 +36,13 @@ class TaskFunction(_core.TaskFunction):
         Args:
             timeout: seconds after submission at which the task times out.
             priority: for ``@parallel_priority`` functions, the priority.
+            backend: ``"thread"`` or ``"process"``; where the calls run.
 
         Raises:
             TypeError: for an option this kind of task does not have.
+            ValueError: for an unknown backend.
         """
-        allowed = {"timeout"}
+        allowed = {"timeout", "backend"}
         if self._where == PRIORITY:
             allowed.add("priority")
         unknown = sorted(set(opts) - allowed)
@@ -59,6 +62,7 @@ class TaskFunction(_core.TaskFunction):
             opts.get("timeout", self._timeout),
             priority,
             self._with_deps,
+            backend_code(opts["backend"]) if "backend" in opts else self._backend,
         )
         _describe(caller, self._fn)
         return caller
@@ -100,15 +104,17 @@ def _task_decorator(
         *,
         timeout: float | None = None,
         priority: int | None = None,
+        backend: str | None = None,
     ) -> Any:
         if priority is not None and not accepts_priority:
             raise TypeError(f"{decorator}() has no priority option")
         check_seconds("timeout", timeout)
+        code = backend_code(backend)
 
         def wrap(f: Callable[..., Any]) -> TaskFunction:
             check_callable(f, decorator)
             wrapper = TaskFunction(
-                f, function_name(f), where, True, timeout, priority, with_deps
+                f, function_name(f), where, True, timeout, priority, with_deps, code
             )
             _describe(wrapper, f)
             return wrapper

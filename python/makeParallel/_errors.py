@@ -10,6 +10,7 @@ __all__ = [
     "TaskTimeoutError",
     "DependencyError",
     "ShutdownError",
+    "WorkerCrashedError",
 ]
 
 
@@ -50,3 +51,22 @@ class DependencyError(TaskError):
 
 class ShutdownError(TaskError, RuntimeError):
     """The library is shut down (or the interpreter is exiting): no new tasks."""
+
+
+class WorkerCrashedError(TaskError):
+    """The worker process running the task died before it answered.
+
+    Raised by ``get()`` on a process task whose worker exited (``os._exit``,
+    a crash such as a segmentation fault, the out-of-memory killer). The
+    message names the exit code or the signal; ``exitcode`` holds the exit
+    status and ``signal`` the signal number (0 when it exited by itself).
+    The pool replaces the worker; other tasks are not affected.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None, signal: int = 0):
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.signal = signal
+
+    def __reduce__(self):  # keep the attributes when pickled
+        return (type(self), (self.args[0], self.exitcode, self.signal))

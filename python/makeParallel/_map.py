@@ -5,9 +5,10 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import threading
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from . import _core
+from . import _core, _process
 from ._validate import check_callable, check_int, function_name
 
 logger = logging.getLogger("makeParallel")
@@ -21,16 +22,22 @@ MAX_AUTO_CHUNK = 2048
 #: Chunks per pool thread that the automatic choice aims for, so that uneven
 #: items still spread over the threads.
 CHUNKS_PER_THREAD = 8
-#: Chunks kept in flight per pool thread; bounds memory for endless inputs.
+#: Chunks queued or running per pool thread.
 INFLIGHT_PER_THREAD = 4
+#: Chunks submitted but not yet collected per pool thread (finished ones
+#: waiting behind a slow first chunk included); bounds memory for long inputs.
+MAX_UNCOLLECTED_PER_THREAD = 64
+#: Largest chunk chosen automatically for the process backend, where each
+#: chunk also pays two pickles and a round trip to a worker.
+MAX_AUTO_CHUNK_PROCESS = 65536
 
 
-def _auto_chunksize(n: int, threads: int) -> int:
-    return max(1, min(MAX_AUTO_CHUNK, n // (threads * CHUNKS_PER_THREAD)))
+def _auto_chunksize(n: int, threads: int, cap: int = MAX_AUTO_CHUNK) -> int:
+    return max(1, min(cap, n // (threads * CHUNKS_PER_THREAD)))
 
 
 def _chunks(
-    items: Iterable[Any], chunksize: int | None, threads: int
+    items: Iterable[Any], chunksize: int | None, threads: int, cap: int = MAX_AUTO_CHUNK
 ) -> Iterator[list]:
     """Yields lists of consecutive items, reading the input lazily."""
     it = iter(items)
@@ -39,14 +46,20 @@ def _chunks(
             n = len(items)  # type: ignore[arg-type]
         except TypeError:
             # Unknown length: look ahead a bounded window to choose the size.
-            lookahead = threads * CHUNKS_PER_THREAD * MAX_AUTO_CHUNK
+            lookahead = threads * CHUNKS_PER_THREAD * cap
             window = list(itertools.islice(it, lookahead))
-            chunksize = _auto_chunksize(len(window), threads)
+            chunksize = _auto_chunksize(len(window), threads, cap)
             for i in range(0, len(window), chunksize):
                 yield window[i : i + chunksize]
             del window
         else:
-            chunksize = _auto_chunksize(n, threads)
+            chunksize = _auto_chunksize(n, threads, cap)
+    if isinstance(items, (list, tuple, range)):
+        # Slicing copies in C, several times faster than islice for big chunks.
+        for i in range(0, len(items), chunksize):
+            part = items[i : i + chunksize]
+            yield part if isinstance(part, list) else list(part)
+        return
     while True:
         chunk = list(itertools.islice(it, chunksize))
         if not chunk:
@@ -103,6 +116,7 @@ def parallel_map(
     chunksize: int | None = None,
     progress: bool = False,
     on_progress: Callable[[float], Any] | None = None,
+    backend: str | None = None,
 ) -> list[R]:
     """Returns ``[func(x) for x in items]``, computed on the global pool.
 
@@ -123,6 +137,10 @@ def parallel_map(
         on_progress: called with the fraction of items done (0 to 1) as
             chunks complete; with an input of unknown length, once with 1.0
             at the end. Exceptions in it are logged, not raised.
+        backend: ``"thread"`` (the global pool) or ``"process"`` (the worker
+            processes, for pure-Python work); ``None`` means the default set
+            by ``set_default_backend``. With processes, ``func`` and the
+            items must be picklable.
 
     Returns:
         The results, in input order.
@@ -133,6 +151,9 @@ def parallel_map(
         TypeError, ValueError: for bad arguments.
     """
     check_callable(func, "parallel_map")
+    # A function decorated by a task decorator would return handles; map the
+    # function itself, as ParallelContext.submit does.
+    func = getattr(func, "_fn", func) if isinstance(func, _core.TaskFunction) else func
     if chunksize is not None:
         check_int("chunksize", chunksize, 1)
     if not isinstance(progress, bool):
@@ -146,27 +167,68 @@ def parallel_map(
             f"parallel_map() items must be iterable, got {type(items).__name__}"
         ) from None
 
-    threads = _core._pool_info()["current_num_threads"]
+    use_processes = (_process.backend_code(backend) or _core._default_backend()) == 2
+    if use_processes:
+        threads = _core._process_pool_info()["num_workers"]
+        cap = MAX_AUTO_CHUNK_PROCESS
+    else:
+        threads = _core._pool_info()["current_num_threads"]
+        cap = MAX_AUTO_CHUNK
     name = function_name(func)
     report = None
     if progress or on_progress is not None:
         report = _Progress(items, progress, on_progress, name)
     state = _core._map_state()
-    chunks = _chunks(items, chunksize, threads)
+    chunks = _chunks(items, chunksize, threads, cap)
+    # Chunks are collected in input order, but refilled as soon as any chunk
+    # finishes: a slow chunk at the head must not leave the other threads idle.
+    # `running` counts chunks submitted and not finished; finished chunks
+    # waiting behind the head are bounded by MAX_UNCOLLECTED_PER_THREAD.
     inflight: collections.deque = collections.deque()
+    finished = threading.Event()
+    lock = threading.Lock()
+    running = [0]
+
+    def chunk_finished(_handle: Any) -> None:
+        with lock:
+            running[0] -= 1
+        finished.set()
+
     results: list = []
     base = 0
-    stopped = False
+    stopped = exhausted = False
     try:
         while True:
-            while not stopped and len(inflight) < threads * INFLIGHT_PER_THREAD:
+            finished.clear()
+            while (
+                not stopped
+                and not exhausted
+                and running[0] < threads * INFLIGHT_PER_THREAD
+                and len(inflight) < threads * MAX_UNCOLLECTED_PER_THREAD
+            ):
                 chunk = next(chunks, None)
                 if chunk is None:
+                    exhausted = True
                     break
-                inflight.append(_core._map_chunk(func, name, chunk, base, state))
+                if use_processes:
+                    handle = _core._submit_process(
+                        _process._run_chunk, name, (func, chunk, base)
+                    )
+                else:
+                    handle = _core._map_chunk(func, name, chunk, base, state)
+                with lock:
+                    running[0] += 1
+                handle._add_settled_hook(chunk_finished)
+                inflight.append(handle)
                 base += len(chunk)
             if not inflight:
                 break
+            can_refill = not (stopped or exhausted) and len(inflight) < (
+                threads * MAX_UNCOLLECTED_PER_THREAD
+            )
+            if not inflight[0].is_ready() and can_refill:
+                finished.wait()  # some chunk finished: refill, then look again
+                continue
             part = inflight.popleft().get()
             if part is None:
                 # This chunk stopped because a later one failed: submit nothing

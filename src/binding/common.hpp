@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -49,6 +50,11 @@ inline std::atomic<bool> g_exiting{false};
 /// Set while the interpreter shuts down: new submissions are refused.
 inline std::atomic<bool> g_refusing{false};
 
+/// Backends of a TaskFunction: 0 = the program's default (below), 1 = threads, 2 = processes.
+enum backend_kind : int { backend_default = 0, backend_thread = 1, backend_process = 2 };
+/// The backend that `backend_default` stands for; set by set_default_backend().
+inline std::atomic<int> g_default_backend{backend_thread};
+
 /// References dropped by threads that do not hold the GIL, released later by one that does.
 class deferred_decrefs {
  public:
@@ -76,12 +82,28 @@ class deferred_decrefs {
 };
 inline deferred_decrefs* g_decrefs = new deferred_decrefs;
 
+/// True when this thread has an attached Python thread state: it holds the GIL, or on a
+/// free-threaded build it may run Python code. From 3.13 it asks for this thread's own
+/// state rather than PyGILState_Check(), which answers 1 for every thread once a second
+/// interpreter exists (its check gets disabled); a decref on a thread without a thread
+/// state could run a destructor with none.
+inline bool has_thread_state() noexcept {
+#if PY_VERSION_HEX >= 0x030D0000
+  return PyThreadState_GetUnchecked() != nullptr;  // this thread's own, attached or not
+#else
+  // Before 3.13 the unchecked getter returns the thread state of whichever thread holds the
+  // GIL, not this thread's, so it cannot answer the question; there is no free-threaded
+  // build before 3.13 either, and only subinterpreters make PyGILState_Check() unreliable.
+  return PyGILState_Check() != 0;
+#endif
+}
+
 /// Drops `o` (if any): at once when this thread holds the GIL, later otherwise.
 inline void release_ref(PyObject*& o) noexcept {
   PyObject* p = o;
   o = nullptr;
   if (!p || g_exiting.load(std::memory_order_acquire)) return;  // exiting: leak, never block
-  if (PyGILState_Check()) {
+  if (has_thread_state()) {
     Py_DECREF(p);
   } else {
     try {
@@ -245,32 +267,57 @@ class py_task : public mp::task {
   explicit py_task(PyObject* name) : name_(name) { Py_INCREF(name_); }
   ~py_task() override {
     release_ref(name_);
-    release_ref(value_);
-    release_ref(metadata_);
-    release_ref(progress_callbacks_);
+    PyObject* value = value_.exchange(nullptr);
+    release_ref(value);
+    PyObject* metadata = metadata_.exchange(nullptr);
+    release_ref(metadata);
+    PyObject* callbacks = progress_callbacks_.exchange(nullptr);
+    release_ref(callbacks);
   }
 
   PyObject* name() const noexcept { return name_; }
   /// Result (done) or exception (failed). Borrowed. Read it only once the outcome is done or
-  /// failed: only the thread that publishes those outcomes writes it before publishing, while
-  /// a thread that loses the race may still write and clear it.
-  PyObject* value() const noexcept { return value_; }
+  /// failed: the thread that publishes those outcomes stores it before publishing, and no
+  /// other thread replaces a stored value (see claim_value).
+  PyObject* value() const noexcept { return value_.load(std::memory_order_acquire); }
   double timeout = -1;
+  /// Tasks whose results are passed first. Cleared once this task ran or was abandoned; they
+  /// refer back to it through their hooks only until they settle, so no cycle outlives them.
+  std::vector<std::shared_ptr<py_task>> deps;
+
+  /// A new tuple of the dependencies' results (each is done, so its value is set), and the
+  /// list cleared. Null with a Python error set on failure. GIL held.
+  PyObject* take_dependency_results() {
+    PyObject* results = PyTuple_New(static_cast<Py_ssize_t>(deps.size()));
+    if (!results) return nullptr;
+    for (size_t i = 0; i < deps.size(); ++i) {
+      PyObject* v = deps[i]->value();
+      Py_INCREF(v);
+      PyTuple_SET_ITEM(results, static_cast<Py_ssize_t>(i), v);
+    }
+    deps.clear();
+    return results;
+  }
   std::atomic<double> progress{0.0};
   std::atomic<bool> interrupt_requested{false};
   std::atomic<unsigned long> thread_ident{0};
+#ifdef Py_GIL_DISABLED
+  /// Orders "the worker records or clears thread_ident" against "a canceller sends the
+  /// interrupt to that thread" (see interrupt_guard). Free-threaded builds only.
+  PyMutex interrupt_mu{};
+#endif
 
-  /// The per-handle metadata dict, created on first use. GIL held.
+  /// The per-handle metadata dict, created on first use. Thread state attached.
   PyObject* metadata() {
-    std::call_once(metadata_once_, [this] { metadata_ = PyDict_New(); });
-    return metadata_;
+    return created_once(metadata_, [] { return PyDict_New(); });
   }
-  /// Progress callbacks, a list created on first use. GIL held.
+  /// Progress callbacks, a list created on first use. Thread state attached.
   PyObject* progress_callbacks() {
-    std::call_once(progress_once_, [this] { progress_callbacks_ = PyList_New(0); });
-    return progress_callbacks_;
+    return created_once(progress_callbacks_, [] { return PyList_New(0); });
   }
-  bool has_progress_callbacks() const noexcept { return progress_callbacks_ != nullptr; }
+  bool has_progress_callbacks() const noexcept {
+    return progress_callbacks_.load(std::memory_order_acquire) != nullptr;
+  }
 
  protected:
   /// Publishes the code's result `r` (new reference), or the pending exception when `r` is
@@ -278,9 +325,8 @@ class py_task : public mp::task {
   /// GIL held.
   void finish(PyObject* r) {
     mp::outcome o = mp::outcome::done;
-    if (r) {
-      value_ = r;
-    } else {
+    PyObject* v = r;
+    if (!r) {
       PyObject* exc = fetch_exception();
       if (PyObject_IsInstance(exc, g_exc.cancelled) == 1) {
         o = mp::outcome::cancelled;
@@ -289,15 +335,26 @@ class py_task : public mp::task {
         annotate(exc);
       }
       PyErr_Clear();
-      value_ = exc;
+      v = exc;
     }
     if (o == mp::outcome::done) progress.store(1.0, std::memory_order_relaxed);
-    if (!complete(o)) Py_CLEAR(value_);
+    // Only the worker running the code gets here, and a task that runs was never failed by a
+    // dependency, so the slot is free; complete() still has to run if it were not, to account
+    // for the code having stopped.
+    const bool owned = claim_value(v);
+    const bool kept = measured_ns_ ? complete(o, *measured_ns_) : complete(o);
+    if (!kept && owned) drop_value();
   }
 
+  /// Execution time measured where the code ran (a worker process); finish() records it
+  /// instead of the time spent in execute().
+  std::optional<uint64_t> measured_ns_;
+
  public:
-  /// Fails this unstarted task with DependencyError because `dep` did not succeed. GIL held.
-  void fail_dependency(py_task& dep) {
+  /// Fails this unstarted task with DependencyError because `dep` did not succeed. True if
+  /// this call settled the task (only then may the caller touch its dependency list).
+  /// Thread state attached.
+  bool fail_dependency(py_task& dep) {
     const char* what = dep.get_outcome() == mp::outcome::failed      ? "failed"
                        : dep.get_outcome() == mp::outcome::timed_out ? "timed out"
                                                                      : "was cancelled";
@@ -321,8 +378,12 @@ class py_task : public mp::task {
     }
     Py_XDECREF(cause);
     PyErr_Clear();
-    value_ = exc;
-    if (!abandon(mp::outcome::failed)) Py_CLEAR(value_);
+    // Several dependencies can fail at once, each on its own thread (truly in parallel on a
+    // free-threaded build): the first to claim the slot decides, the others drop their error.
+    if (!claim_value(exc)) return false;
+    if (abandon(mp::outcome::failed)) return true;
+    drop_value();  // cancelled or timed out meanwhile: that outcome stands, without a value
+    return false;
   }
 
   static std::string describe_task(const py_task& t) {
@@ -338,21 +399,69 @@ class py_task : public mp::task {
   }
 
  private:
+  /// Stores `v` (new reference) as the value unless one is stored already, in which case `v`
+  /// is released. True if `v` was stored.
+  bool claim_value(PyObject* v) noexcept {
+    PyObject* expected = nullptr;
+    if (value_.compare_exchange_strong(expected, v, std::memory_order_acq_rel)) return true;
+    Py_DECREF(v);
+    return false;
+  }
+  /// Releases the value this thread stored but could not publish.
+  void drop_value() noexcept {
+    PyObject* v = value_.exchange(nullptr, std::memory_order_acq_rel);
+    Py_XDECREF(v);
+  }
+
+  /// Returns `slot`, filling it first with `make()` if it is empty. Lock-free on purpose: a
+  /// lock (std::call_once included) held while `make` allocates could deadlock, because the
+  /// allocation may run the garbage collector, which on a free-threaded build waits for every
+  /// other thread to pause, one of them being blocked on that lock. Two threads may both
+  /// build one; the loser releases its copy. Raises on allocation failure.
+  template <typename Make>
+  static PyObject* created_once(std::atomic<PyObject*>& slot, Make make) {
+    PyObject* current = slot.load(std::memory_order_acquire);
+    if (current) return current;
+    PyObject* fresh = make();
+    if (!fresh) throw nb::python_error();
+    if (slot.compare_exchange_strong(current, fresh, std::memory_order_acq_rel)) return fresh;
+    Py_DECREF(fresh);
+    return current;
+  }
+
   PyObject* name_;
-  PyObject* value_ = nullptr;
-  PyObject* metadata_ = nullptr;
-  PyObject* progress_callbacks_ = nullptr;
-  std::once_flag metadata_once_, progress_once_;
+  /// Result or exception; atomic because a dependency failure may store it on any thread.
+  std::atomic<PyObject*> value_{nullptr};
+  std::atomic<PyObject*> metadata_{nullptr};
+  std::atomic<PyObject*> progress_callbacks_{nullptr};
+};
+
+/// Held around "record or clear the worker's thread ident" and around "send the interrupt",
+/// so an interrupt reaches the task's own call and never the next task on that thread. With a
+/// GIL both sides hold it throughout, which already orders them; a free-threaded build needs
+/// the task's PyMutex. PyMutex rather than std::mutex because it detaches the thread state
+/// while it blocks: the holder calls PyThreadState_SetAsyncExc, whose release of a replaced
+/// exception can run arbitrary code and so a garbage collection, which stops the world and
+/// would wait forever for a thread stuck on a std::mutex with its thread state attached.
+class interrupt_guard {
+ public:
+#ifdef Py_GIL_DISABLED
+  explicit interrupt_guard(py_task& t) : mu_(t.interrupt_mu) { PyMutex_Lock(&mu_); }
+  ~interrupt_guard() { PyMutex_Unlock(&mu_); }
+
+ private:
+  PyMutex& mu_;
+#else
+  explicit interrupt_guard(py_task&) {}
+#endif
+  interrupt_guard(const interrupt_guard&) = delete;
+  interrupt_guard& operator=(const interrupt_guard&) = delete;
 };
 
 /// `fn(*args, **kwargs)`, or `fn(dependency_results, *args, **kwargs)` when it has
 /// dependencies.
 class call_task final : public py_task {
  public:
-  /// Tasks whose results are passed first. Cleared once this task ran or was abandoned; they
-  /// refer back to it through their hooks only until they settle, so no cycle outlives them.
-  std::vector<std::shared_ptr<py_task>> deps;
-
   call_task(PyObject* name, PyObject* fn, PyObject* args, PyObject* kwargs)
       : py_task(name), fn_(fn), args_(args), kwargs_(kwargs) {
     Py_INCREF(fn_);
@@ -377,12 +486,23 @@ class call_task final : public py_task {
       return;
     }
     const unsigned long ident = PyThread_get_thread_ident();
-    thread_ident.store(ident, std::memory_order_release);
+    {
+      interrupt_guard g(*this);
+      thread_ident.store(ident, std::memory_order_release);
+      // Without a GIL a canceller can run between run() marking us running and this point,
+      // find no ident and send nothing: deliver its interrupt here instead.
+      if (interrupt_requested.load(std::memory_order_acquire)) {
+        PyThreadState_SetAsyncExc(ident, g_exc.cancelled);
+      }
+    }
     PyObject* r = PyObject_Call(fn_, args_, kwargs_);
-    thread_ident.store(0, std::memory_order_release);
-    if (interrupt_requested.load(std::memory_order_acquire)) {
-      // An interrupt that arrived after the code's last bytecode must not hit the next task.
-      PyThreadState_SetAsyncExc(ident, nullptr);
+    {
+      interrupt_guard g(*this);
+      thread_ident.store(0, std::memory_order_release);
+      if (interrupt_requested.load(std::memory_order_acquire)) {
+        // An interrupt that arrived after the code's last bytecode must not hit the next task.
+        PyThreadState_SetAsyncExc(ident, nullptr);
+      }
     }
     Py_CLEAR(fn_);
     Py_CLEAR(args_);
@@ -393,14 +513,8 @@ class call_task final : public py_task {
  private:
   /// args_ = (tuple of dependency results,) + args_. False with a Python error set.
   bool prepend_dependency_results() {
-    PyObject* results = PyTuple_New(static_cast<Py_ssize_t>(deps.size()));
+    PyObject* results = take_dependency_results();
     if (!results) return false;
-    for (size_t i = 0; i < deps.size(); ++i) {
-      PyObject* v = deps[i]->value();  // every dependency is done, so its value is set
-      Py_INCREF(v);
-      PyTuple_SET_ITEM(results, static_cast<Py_ssize_t>(i), v);
-    }
-    deps.clear();
     const Py_ssize_t n = PyTuple_GET_SIZE(args_);
     PyObject* args = PyTuple_New(n + 1);
     if (!args) {
@@ -552,12 +666,14 @@ inline const char* status_name(mp::status s) {
 }
 
 /// Requests cancellation; with `interrupt`, also raises TaskCancelledError asynchronously in
-/// the task's running Python code. GIL held, which pins the worker: while we hold it, the
-/// recorded thread is still inside this task's call.
+/// the task's running Python code. The interrupt_guard pins the worker: while we hold it, a
+/// recorded thread is still inside this task's call (the GIL did this alone before
+/// free-threaded builds).
 inline bool handle_cancel(async_handle& h, bool interrupt) {
   py_task& t = *h.t;
   const bool settled_now = t.cancel();
   if (interrupt && t.running()) {
+    interrupt_guard g(t);
     t.interrupt_requested.store(true, std::memory_order_release);
     if (const unsigned long ident = t.thread_ident.load(std::memory_order_acquire)) {
       PyThreadState_SetAsyncExc(ident, g_exc.cancelled);
@@ -584,6 +700,55 @@ inline void add_settled_hook(nb::handle self, nb::callable fn) {
     Py_DECREF(handle_ref);
     PyGILState_Release(g);
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process backend (process.cpp).
+
+/// Blocks until set_max_concurrent_tasks admits `t` (module.cpp).
+void admit_task(mp::task& t);
+
+/// Submits `fn(*args, **kwargs)` to run in a worker process; returns an AsyncHandle.
+/// `kwargs` and `metrics` may be null. With `deps`, runs once they all succeeded.
+nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject* kwargs,
+                          mp::metrics_entry* metrics, double timeout, int64_t priority,
+                          std::vector<std::shared_ptr<py_task>> deps);
+/// Defines the process backend's module functions.
+void bind_process(nb::module_& m);
+/// At interpreter exit, after the tasks were waited for: ends and reaps every worker.
+void process_at_exit();
+/// In a forked child: forget the parent's workers and executor.
+void process_after_fork();
+/// Inside a worker process: the id of the task it runs, or 0.
+uint64_t worker_current_task();
+/// Inside a worker process: sends a progress report for the running task to the parent.
+void worker_report_progress(double fraction);
+
+/// Registers `t` now and calls `enqueue()` once every dependency in `t->deps` succeeded, or
+/// fails `t` with DependencyError as soon as one did not. No thread waits: the last
+/// dependency to settle queues the task, from whichever thread settles it.
+inline void submit_after(const std::shared_ptr<py_task>& t, double timeout,
+                         std::function<void()> enqueue) {
+  rt().adopt(t, timeout);
+  auto remaining = std::make_shared<std::atomic<size_t>>(t->deps.size());
+  auto run = std::make_shared<std::function<void()>>(std::move(enqueue));
+  const auto deps = t->deps;  // the hooks may clear t->deps while we iterate
+  for (const auto& dep : deps) {
+    // The hook holds the task strongly: a task waiting on others must not vanish because
+    // its handle was dropped. Hooks are freed once the dependency settles.
+    dep->on_settled([t, run, remaining](mp::task& d) {
+      if (d.get_outcome() != mp::outcome::done) {
+        if (t->get_phase() != mp::phase::waiting || g_exiting.load()) return;
+        const PyGILState_STATE g = PyGILState_Ensure();
+        // Only the hook that settled the task clears its list: two dependencies failing at
+        // once on two threads would otherwise both mutate it (without a GIL, a data race).
+        if (t->fail_dependency(static_cast<py_task&>(d))) t->deps.clear();
+        PyGILState_Release(g);
+      } else if (remaining->fetch_sub(1) == 1 && t->get_phase() == mp::phase::waiting) {
+        (*run)();
+      }
+    });
+  }
 }
 
 }  // namespace mpb

@@ -28,6 +28,7 @@ struct task_function {
   double timeout;
   int64_t priority;
   mp::metrics_entry* metrics;
+  int backend;  // backend_kind
 };
 
 PyObject* g_str_timeout = nullptr;
@@ -50,27 +51,10 @@ void admit(mp::task& t) {
   t.set_admitted();
 }
 
-/// Runs `t` once every dependency succeeded, or fails it with DependencyError as soon as one
-/// does not. No thread waits: the last dependency to settle queues it.
-void submit_after(const std::shared_ptr<call_task>& t, mp::place where, double timeout) {
-  rt().adopt(t, timeout);
-  auto remaining = std::make_shared<std::atomic<size_t>>(t->deps.size());
-  const auto deps = t->deps;  // the hooks may clear t->deps while we iterate
-  for (const auto& dep : deps) {
-    // The hook holds the task strongly: a task waiting on others must not vanish because
-    // its handle was dropped. Hooks are freed once the dependency settles.
-    dep->on_settled([t, where, remaining](mp::task& d) {
-      if (d.get_outcome() != mp::outcome::done) {
-        if (t->get_phase() != mp::phase::waiting || g_exiting.load()) return;
-        const PyGILState_STATE g = PyGILState_Ensure();
-        t->fail_dependency(static_cast<py_task&>(d));
-        t->deps.clear();
-        PyGILState_Release(g);
-      } else if (remaining->fetch_sub(1) == 1) {
-        rt().enqueue(t, where);
-      }
-    });
-  }
+/// The runtime refused `t` before counting it: give back its admission slot, which no
+/// one else will (the task never ran and was never dropped by a queue).
+void refused(mp::task& t) {
+  if (t.admitted()) rt().tracker().release_slot();
 }
 
 /// Reads depends_on=: a list or tuple of handles.
@@ -108,11 +92,13 @@ nb::object submit_call(task_function& f, PyObject* args, PyObject* kwargs, doubl
     if (t->deps.empty()) {
       rt().submit(t, where, priority, timeout);
     } else {
-      submit_after(t, where, timeout);
+      submit_after(t, timeout, [t, where] { rt().enqueue(t, where); });
     }
   } catch (const mp::shutdown_error& e) {
+    refused(*t);
     raise(g_exc.shutdown, e.what());
   } catch (const mp::memory_error& e) {
+    refused(*t);
     raise(PyExc_MemoryError, e.what());
   }
   return nb::cast(async_handle{std::move(t)});
@@ -124,6 +110,7 @@ PyObject* task_function_call(PyObject* self, PyObject* args, PyObject* kwargs) {
     double timeout = f.timeout;
     int64_t priority = f.priority;
     nb::object kw;
+    nb::object call_args;  // owns `args` when it had to be rebuilt
     std::vector<std::shared_ptr<py_task>> deps;
     if (kwargs && PyDict_GET_SIZE(kwargs) != 0) {
       // Copy: the task keeps the dict, and the caller may reuse the one it passed.
@@ -144,11 +131,24 @@ PyObject* task_function_call(PyObject* self, PyObject* args, PyObject* kwargs) {
           if (PyObject* v = PyDict_GetItemWithError(kw.ptr(), g_str_depends_on)) {
             deps = parse_dependencies(v);
             PyDict_DelItem(kw.ptr(), g_str_depends_on);
+            if (deps.empty()) {
+              // No dependencies still means "results first": pass the empty tuple now.
+              call_args = nb::steal(PySequence_Concat(nb::make_tuple(nb::tuple()).ptr(), args));
+              if (!call_args.is_valid()) return nullptr;
+              args = call_args.ptr();
+            }
           }
         }
         if (PyErr_Occurred()) return nullptr;
       }
       if (PyDict_GET_SIZE(kw.ptr()) == 0) kw.reset();
+    }
+    const int backend = f.backend != backend_default ? f.backend : g_default_backend.load();
+    if (backend == backend_process) {
+      return submit_process(f.name.ptr(), f.fn.ptr(), args, kw.ptr(), f.metrics, timeout,
+                            priority, std::move(deps))
+          .release()
+          .ptr();
     }
     return submit_call(f, args, kw.ptr(), timeout, priority, std::move(deps)).release().ptr();
   } catch (nb::python_error& e) {
@@ -251,11 +251,14 @@ void at_exit() {
     g_refusing.store(false, std::memory_order_release);
   }
   g_refusing.store(true, std::memory_order_release);
+  process_at_exit();  // end and reap the worker processes while the GIL still works
   g_decrefs->drain();
   g_exiting.store(true, std::memory_order_release);
 }
 
 }  // namespace
+
+void mpb::admit_task(mp::task& t) { admit(t); }
 
 NB_MODULE(_core, m) {
   m.doc() = "makeParallel's C++ core, bound for Python. Use the makeParallel package instead.";
@@ -342,15 +345,18 @@ NB_MODULE(_core, m) {
       .def(
           "__init__",
           [](task_function* self, nb::callable fn, nb::str name, int where,
-             bool consume_options, nb::handle timeout, nb::handle priority, bool with_deps) {
+             bool consume_options, nb::handle timeout, nb::handle priority, bool with_deps,
+             int backend) {
             const double t = parse_timeout(timeout.ptr());
             const int64_t p = priority.is_none() ? 0 : parse_priority(priority.ptr());
             if (where < 0 || where > 2) raise(PyExc_ValueError, "unknown execution place");
+            if (backend < 0 || backend > 2) raise(PyExc_ValueError, "unknown backend");
             new (self) task_function{fn,        name, where, consume_options,
-                                     with_deps, t,    p,     &g_metrics->entry(name.c_str())};
+                                     with_deps, t,    p,     &g_metrics->entry(name.c_str()),
+                                     backend};
           },
           "fn"_a, "name"_a, "where"_a, "consume_options"_a, "timeout"_a = nb::none(),
-          "priority"_a = nb::none(), "with_deps"_a = false)
+          "priority"_a = nb::none(), "with_deps"_a = false, "backend"_a = 0)
       .def_prop_ro("_with_deps", [](task_function& f) { return f.with_deps; })
       .def_prop_ro("_fn", [](task_function& f) { return f.fn; })
       .def_prop_ro("_metrics_name", [](task_function& f) { return f.name; })
@@ -359,7 +365,8 @@ NB_MODULE(_core, m) {
                    [](task_function& f) -> nb::object {
                      return f.timeout > 0 ? nb::object(nb::float_(f.timeout)) : nb::none();
                    })
-      .def_prop_ro("_priority", [](task_function& f) { return f.priority; });
+      .def_prop_ro("_priority", [](task_function& f) { return f.priority; })
+      .def_prop_ro("_backend", [](task_function& f) { return f.backend; });
 
   nb::class_<profiled_function>(m, "ProfiledFunction", nb::type_slots(profiled_slots),
                                 nb::dynamic_attr(), nb::is_weak_referenceable(),
@@ -392,7 +399,9 @@ NB_MODULE(_core, m) {
       "fn"_a, "name"_a, "items"_a, "base"_a, "state"_a);
   m.def("_map_state", [] {
     return nb::capsule(new std::shared_ptr<map_state>(std::make_shared<map_state>()),
-                       [](void* p) noexcept { delete static_cast<std::shared_ptr<map_state>*>(p); });
+                       [](void* p) noexcept {
+                         delete static_cast<std::shared_ptr<map_state>*>(p);
+                       });
   });
   m.def("_map_stop", [](nb::capsule state) {
     (*static_cast<std::shared_ptr<map_state>*>(state.data()))->stop.store(true);
@@ -465,6 +474,9 @@ NB_MODULE(_core, m) {
   // ---- inside a task
   m.def("_current_task_id", []() -> nb::object {
     py_task* t = current_py_task();
+    if (!t && worker_current_task() != 0) {  // in a worker process, running a parent's task
+      return nb::str(task_id_string(worker_current_task()).c_str());
+    }
     if (!t) return nb::none();
     return nb::str(task_id_string(t->id()).c_str());
   });
@@ -481,6 +493,10 @@ NB_MODULE(_core, m) {
       if (!t) raise(PyExc_ValueError, "no running task has id " + task_id_string(*id));
     } else {
       t = current_py_task();
+      if (!t && worker_current_task() != 0) {  // in a worker process: tell the parent
+        worker_report_progress(fraction);
+        return nb::none();
+      }
       if (!t) {
         raise(PyExc_RuntimeError,
               "report_progress() was called outside a task; pass task_id= to report for one");
@@ -498,6 +514,7 @@ NB_MODULE(_core, m) {
     // start over with fresh, empty executors. The old runtime is leaked on purpose.
     g_decrefs = new deferred_decrefs;
     g_runtime = new mp::runtime(g_hooks);
+    process_after_fork();
   });
   m.def("_active_task_count", [] { return rt().tracker().live(); });
   m.def("_shutdown", [](bool cancel_pending, std::optional<double> timeout) {
@@ -518,6 +535,8 @@ NB_MODULE(_core, m) {
   m.def("_set_memory_limit", [](double percent) { rt().memory().set(percent); });
   m.def("_memory_limit", [] { return rt().memory().get(); });
   m.def("_reset_shutdown", [] { rt().reset_shutdown(); });
+
+  bind_process(m);
 
   m.def("current_thread_stack_size", &mp::current_thread_stack_size,
         "Stack size in bytes of the calling thread.");

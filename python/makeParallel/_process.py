@@ -1,0 +1,378 @@
+"""The process backend's Python half.
+
+The C++ core owns the worker processes, the sockets and the shared memory;
+this module decides what goes through them: how a call, a result and an
+exception are pickled (protocol 5, large buffers out of band), how a worker
+is started, and the public configuration functions.
+
+Pickling uses the standard ``pickle`` first, which is fastest, and falls back
+to ``cloudpickle`` for what it cannot send by reference: lambdas, closures,
+and anything defined in ``__main__`` (a worker's ``__main__`` is not the
+parent's, so such objects must travel by value).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import sys
+import traceback
+from typing import Any, Callable
+
+import cloudpickle
+
+from . import _core
+from ._errors import TaskError, WorkerCrashedError
+from ._validate import check_int
+
+#: Buffers (bytes, bytearray, NumPy arrays...) at least this large travel in
+#: shared memory instead of through the socket.
+OOB_THRESHOLD = 64 * 1024
+
+#: Containers with more items than this are not searched for large bytes.
+_SCAN_LIMIT = 64
+
+#: Upper bound on worker processes; more is almost surely a mistake.
+MAX_WORKERS = 1024
+
+#: Backend names and their codes in the core (0 means "the default").
+_BACKENDS = {"thread": 1, "process": 2}
+
+#: Frame kinds of the core's transport (mp::ipc::frame_kind).
+RESULT, ERROR = 2, 3
+
+
+def backend_code(value: Any, *, allow_none: bool = True) -> int:
+    """The core's code for a backend name: 0 for None, 1 thread, 2 process.
+
+    Raises:
+        TypeError: if value is not a str (or None where allowed).
+        ValueError: for an unknown name.
+    """
+    if value is None and allow_none:
+        return 0
+    if not isinstance(value, str):
+        kind = type(value).__name__
+        raise TypeError(f"backend must be 'thread' or 'process', not {kind}")
+    try:
+        return _BACKENDS[value]
+    except KeyError:
+        raise ValueError(
+            f"backend must be 'thread' or 'process', got {value!r}"
+        ) from None
+
+
+def set_default_backend(backend: str) -> None:
+    """Chooses where task decorators without ``backend=`` run their calls.
+
+    Args:
+        backend: ``"thread"`` (the initial default) or ``"process"``.
+
+    Raises:
+        TypeError, ValueError: for anything else.
+    """
+    _core._set_default_backend(backend_code(backend, allow_none=False))
+
+
+def get_default_backend() -> str:
+    """The backend used by task decorators that were not given one."""
+    return "process" if _core._default_backend() == 2 else "thread"
+
+
+def configure_process_pool(num_workers: int | None = None) -> None:
+    """Sets the number of worker processes.
+
+    Workers start lazily, one per task slot, on first use, and are reused.
+    Changing the number while tasks run is safe: running tasks finish in
+    their workers, which then exit; queued tasks go to the new ones.
+
+    Args:
+        num_workers: how many processes; ``None`` means the CPUs this process
+            may run on (its affinity mask).
+
+    Raises:
+        TypeError: if num_workers is not an int (bools are refused too).
+        ValueError: if it is below 1 or above ``MAX_WORKERS``.
+    """
+    n = 0
+    if num_workers is not None:
+        n = check_int("num_workers", num_workers, 1, MAX_WORKERS)
+    _core._configure_process_pool(n)
+
+
+def get_process_pool_info() -> dict[str, Any]:
+    """Describes the process pool.
+
+    Returns:
+        A dict with ``configured`` (``configure_process_pool`` was called),
+        ``num_workers`` (the configured count), ``alive_workers`` (processes
+        running now), ``active_tasks`` and ``queued_tasks``.
+    """
+    return dict(_core._process_pool_info())
+
+
+# ---------------------------------------------------------------------------
+# Pickling
+
+
+class _LargeBytes:
+    """Stands in for a large ``bytes`` object so that it goes out of band.
+
+    ``pickle`` writes ``bytes`` in-band without consulting any hook, so large
+    ones are wrapped before pickling; this reduces to ``bytes(buffer)``.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return (bytes, (pickle.PickleBuffer(self.data),))
+
+
+def _wrap_large(obj: Any, depth: int = 0) -> Any:
+    """Returns obj with large bytes in it (near the top) wrapped in _LargeBytes."""
+    kind = type(obj)
+    if kind is bytes:
+        return _LargeBytes(obj) if len(obj) >= OOB_THRESHOLD else obj
+    if depth >= 2:
+        return obj
+    # TODO: bytes deeper than two levels of list/tuple/dict, or inside other
+    # objects, go in-band through the socket; a persistent_id pickler would
+    # catch all of them but costs a Python call per pickled object.
+    if kind is tuple or kind is list:
+        if len(obj) > _SCAN_LIMIT:
+            return obj
+        items = [_wrap_large(x, depth + 1) for x in obj]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        return kind(items)
+    if kind is dict and len(obj) <= _SCAN_LIMIT:
+        out = {k: _wrap_large(v, depth + 1) for k, v in obj.items()}
+        if all(out[k] is v for k, v in obj.items()):
+            return obj
+        return out
+    return obj
+
+
+def _dumps(obj: Any, out_of_band: bool = True) -> tuple[bytes, list]:
+    """Pickles obj; returns the stream and the out-of-band buffers."""
+    buffers: list = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: let pickle copy it in-band
+            return True
+        if raw.nbytes < OOB_THRESHOLD:
+            return True
+        buffers.append(raw)
+        return False
+
+    callback = keep if out_of_band else None
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=callback)
+        # By reference, "__main__" names the worker's own __main__: send by value.
+        if b"__main__" not in data:
+            return data, buffers
+    except Exception:
+        pass
+    buffers.clear()
+    return cloudpickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
+
+
+def _map_buffers(fds: list) -> list:
+    """Maps received shared-memory descriptors (closing them) as buffers.
+
+    The mappings are private copy-on-write, so what is rebuilt from them is
+    writable (NumPy arrays) without touching the sender's memory.
+    """
+    maps: list = []
+    error: BaseException | None = None
+    for fd, size in fds:
+        try:
+            if error is None:
+                if size == 0:
+                    maps.append(b"")
+                else:
+                    maps.append(
+                        mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                    )
+        except BaseException as exc:  # still close the remaining descriptors
+            error = exc
+        finally:
+            os.close(fd)
+    if error is not None:
+        raise error
+    return maps
+
+
+#: Functions that pickle by reference, with their pickle: id -> (fn, data).
+#: Holding fn keeps its id from being reused while the entry exists.
+_by_reference: dict = {}
+
+
+def _decorated_owner(fn: Any) -> Any:
+    """The TaskFunction that replaced ``fn`` under its own name, if any.
+
+    A decorated module-level function is reachable by name only through its
+    wrapper, so that is what pickles by reference; the worker unwraps it.
+    """
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    qualname = getattr(fn, "__qualname__", None)
+    if module is None or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    if isinstance(obj, _core.TaskFunction) and obj._fn is fn:
+        return obj
+    return None
+
+
+def _dumps_fn(fn: Any) -> bytes:
+    """Pickles the function of a call: by reference if possible, else by value."""
+    hit = _by_reference.get(id(fn))
+    if hit is not None and hit[0] is fn:
+        return hit[1]
+    target = _decorated_owner(fn) or fn
+    try:
+        data = pickle.dumps(target, protocol=5)
+    except Exception:
+        data = b"__main__"  # not by reference: fall through to by value
+    if b"__main__" in data:
+        # By value each time: a closure or __main__ function may change.
+        return cloudpickle.dumps(fn, protocol=5)
+    if len(_by_reference) >= 1024:
+        _by_reference.clear()
+    _by_reference[id(fn)] = (fn, data)
+    return data
+
+
+def _encode_call(fn: Callable[..., Any], args: tuple, kwargs: dict | None,
+                 dep_results: tuple | None) -> tuple[bytes, list]:
+    """Pickles a call for a worker (the parent side of ``_decode_call``)."""
+    if dep_results is not None:
+        args = (dep_results, *args)
+    return _dumps((_dumps_fn(fn), _wrap_large(args), _wrap_large(kwargs)))
+
+
+def _decode_call(payload: bytes, fds: list, functions: dict) -> tuple:
+    """Unpickles a call in the worker; ``functions`` caches unpickled functions."""
+    fn_data, args, kwargs = pickle.loads(payload, buffers=_map_buffers(fds))
+    fn = functions.get(fn_data)
+    if fn is None:
+        fn = pickle.loads(fn_data)
+        if isinstance(fn, _core.TaskFunction):  # run the function, not its wrapper
+            fn = fn._fn
+        if len(functions) >= 256:
+            functions.clear()
+        functions[fn_data] = fn
+    return fn, args, kwargs or {}
+
+
+def _encode_result(value: Any) -> tuple[bytes, list]:
+    return _dumps(_wrap_large(value))
+
+
+def _encode_error(exc: BaseException) -> bytes:
+    """Pickles an exception with what is needed if it cannot be rebuilt."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        exc_data: bytes | None = _dumps(exc, out_of_band=False)[0]
+    except Exception:
+        exc_data = None
+    kind = type(exc)
+    info = (exc_data, f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+    return _dumps(info, out_of_band=False)[0]
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in a worker process.
+
+    Set as the ``__cause__`` of exceptions that come back from a worker, so
+    the printed traceback shows where the worker raised it.
+    """
+
+    def __str__(self) -> str:
+        return "\n\n" + str(self.args[0]) if self.args else ""
+
+
+def _rebuild_error(info: tuple) -> BaseException:
+    exc_data, type_name, message, text = info
+    exc = None
+    if exc_data is not None:
+        try:
+            exc = pickle.loads(exc_data)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = TaskError(
+            f"{type_name}: {message} (the exception could not be sent back from the "
+            "worker process; its type, message and traceback are kept as attributes)"
+        )
+        exc.remote_type = type_name
+        exc.remote_message = message
+        exc.remote_traceback = text
+        return exc
+    if exc.__cause__ is None:
+        exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def _decode(payload: bytes, fds: list, is_error: bool) -> Any:
+    """The parent's reading of a reply: returns the result or raises the error."""
+    value = pickle.loads(payload, buffers=_map_buffers(fds))
+    if is_error:
+        raise _rebuild_error(value)
+    return value
+
+
+def _crashed(message: str, exitcode: int, signal: int) -> None:
+    raise WorkerCrashedError(message, None if exitcode < 0 else exitcode, signal)
+
+
+def _spawn_spec() -> tuple[list, list]:
+    """The command and environment of a new worker process.
+
+    The worker is a fresh interpreter (``sys.executable``) that sees the same
+    import path as this process, so it imports the same makeParallel and can
+    find the modules that pickled functions refer to.
+    """
+    if not sys.executable:
+        raise RuntimeError("cannot start worker processes: sys.executable is unknown")
+    env = dict(os.environ)
+    cwd = os.getcwd()
+    paths = [p or cwd for p in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    argv = [sys.executable, "-m", "makeParallel._worker", "3", str(os.getpid())]
+    return argv, [f"{k}={v}" for k, v in env.items()]
+
+
+def _run_chunk(fn: Callable[[Any], Any], items: list, base: int) -> list:
+    """One chunk of a process-backed parallel_map, run in the worker."""
+    out: list = []
+    append = out.append
+    try:
+        for item in items:
+            append(fn(item))
+    except BaseException as exc:
+        note = f"raised by parallel_map item {base + len(out)}"
+        notes = getattr(exc, "__notes__", None)
+        if isinstance(notes, list):
+            notes.append(note)
+        else:
+            try:
+                exc.__notes__ = [note]
+            except Exception:
+                pass
+        raise
+    return out
+
+
+_core._process_init(_encode_call, _decode, _crashed, _spawn_spec)
