@@ -59,18 +59,20 @@ class task_tracker {
   wait_status wait_idle(bool only_running, const std::optional<clock::time_point>& deadline,
                         bool interruptible);
 
-  /// At most `n` admitted tasks in flight (from admission until their code stops or they
-  /// are dropped); 0 removes the limit. Wakes blocked admissions to re-check.
+  /// At most `n` tasks in flight (live: from submission until their code stops or they are
+  /// dropped), counting those submitted before the limit was set; 0 removes the limit.
+  /// Wakes blocked admissions to re-check.
   void set_limit(uint32_t n) noexcept;
   uint32_t limit() const noexcept { return limit_.load(std::memory_order_acquire); }
-  /// Takes a slot, blocking while the limit is reached. On `ready` the caller owns a slot and
-  /// must hand it to a task with task::set_admitted() (or give it back with release_slot()).
+  /// Takes a slot (reserves one live task), blocking while the limit is reached. On `ready`
+  /// the caller owns it and must hand it to a task with task::set_admitted() before
+  /// attaching it (or give it back with release_slot()).
   wait_status admit(const std::optional<clock::time_point>& deadline, bool interruptible);
   void release_slot() noexcept;
 
  private:
   friend class task;
-  void add() noexcept;
+  void add(bool reserved) noexcept;
   void settled() noexcept;
   void stopped() noexcept;
   static void decrement(std::atomic<uint32_t>& counter, std::atomic<uint32_t>& waiters) noexcept;
@@ -81,7 +83,6 @@ class task_tracker {
   std::atomic<uint32_t> unsettled_waiters_{0};
   std::atomic<uint32_t> live_waiters_{0};
   std::atomic<uint32_t> limit_{0};
-  std::atomic<uint32_t> admitted_{0};
   std::atomic<uint32_t> admit_waiters_{0};
   // Blocked admissions sleep on this word, bumped whenever the limit changes or a slot is
   // given back: sleeping on the count alone would miss a raised limit (the count stays).
@@ -120,6 +121,10 @@ class task {
   /// task it depends on failed). Unlike cancel(), does not request cancellation. Returns
   /// false if the task had started or was settled already.
   bool abandon(outcome o);
+
+  /// Tells the task's queue that someone waits for it (a stopped priority executor restarts),
+  /// as wait() does; for waits that go through on_settled() hooks instead.
+  void note_waited();
 
   /// Blocks until the outcome is settled.
   wait_status wait(const std::optional<clock::time_point>& deadline, bool interruptible = false);

@@ -10,8 +10,6 @@ speed up work that releases it (I/O, ``time.sleep``, hashlib, zlib, NumPy),
 not pure-Python computation.
 """
 
-from __future__ import annotations
-
 import atexit as _atexit
 import logging as _logging
 import os as _os

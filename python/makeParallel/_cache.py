@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
+from ._decorators import _NO_FUNCTION
 from ._validate import check_callable, check_int
 
 
@@ -218,7 +219,7 @@ def cached_wrapper(
 
 def _memoizer(decorator: str, doc: str) -> Callable[..., Any]:
     def decorate(
-        func: Callable[..., Any] | None = None, *, maxsize: int | None = None
+        func: Any = _NO_FUNCTION, *, maxsize: int | None = None
     ) -> Any:
         if maxsize is not None:
             check_int("maxsize", maxsize, 0)
@@ -226,7 +227,7 @@ def _memoizer(decorator: str, doc: str) -> Callable[..., Any]:
         def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
             return cached_wrapper(f, decorator, maxsize)
 
-        return wrap if func is None else wrap(func)
+        return wrap if func is _NO_FUNCTION else wrap(func)
 
     decorate.__name__ = decorate.__qualname__ = decorator
     decorate.__doc__ = doc

@@ -91,6 +91,11 @@ class _Waiter:
         self.raised = 0
         for handle in handles:
             handle.add_done_callback(self.notify)
+            # We are about to wait on it: a task queued for stopped priority
+            # workers must restart them, as handle.wait() does.
+            kick = getattr(handle, "_kick", None)
+            if kick is not None:
+                kick()
 
     def notify(self, handle: Any) -> None:
         # Classified here, outside the lock: the handle is settled, so this

@@ -18,6 +18,10 @@ from ._validate import check_callable, check_seconds, function_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Default of the decorators' first parameter: distinguishes ``@parallel()``
+# (options only) from ``parallel(None)`` (a non-callable, refused).
+_NO_FUNCTION: Any = object()
+
 # Where tasks run; the values are the core's mp::place.
 POOL, CACHE, PRIORITY = 0, 1, 2
 
@@ -100,7 +104,7 @@ def _task_decorator(
     accepts_priority = where == PRIORITY
 
     def decorate(
-        func: Callable[..., Any] | None = None,
+        func: Any = _NO_FUNCTION,
         *,
         timeout: float | None = None,
         priority: int | None = None,
@@ -113,13 +117,20 @@ def _task_decorator(
 
         def wrap(f: Callable[..., Any]) -> TaskFunction:
             check_callable(f, decorator)
+            if inspect.iscoroutinefunction(f) or inspect.isgeneratorfunction(f):
+                kind = "an async" if inspect.iscoroutinefunction(f) else "a generator"
+                raise TypeError(
+                    f"{decorator}() cannot run {kind} function ({f.__qualname__}): "
+                    "its call only creates an object that must be driven elsewhere; "
+                    "wrap it in a plain function (e.g. one calling asyncio.run)"
+                )
             wrapper = TaskFunction(
                 f, function_name(f), where, True, timeout, priority, with_deps, code
             )
             _describe(wrapper, f)
             return wrapper
 
-        return wrap if func is None else wrap(func)
+        return wrap if func is _NO_FUNCTION else wrap(func)
 
     decorate.__name__ = decorate.__qualname__ = decorator
     decorate.__doc__ = doc
@@ -184,7 +195,7 @@ parallel_with_deps = _task_decorator(
 )
 
 
-def profiled(func: F | None = None, *, name: str | None = None) -> Any:
+def profiled(func: Any = _NO_FUNCTION, *, name: str | None = None) -> Any:
     """Times every call of the function and counts successes and failures.
 
     Use as ``@profiled`` or ``@profiled(name="custom")``. Works on plain and
@@ -208,7 +219,7 @@ def profiled(func: F | None = None, *, name: str | None = None) -> Any:
         wrapper._metrics_name = label
         return wrapper
 
-    return wrap if func is None else wrap(func)
+    return wrap if func is _NO_FUNCTION else wrap(func)
 
 
 def _profile_coroutine(f: Callable[..., Any], label: str) -> Callable[..., Any]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Generator
 
 from . import _core
 from ._errors import TaskCancelledError, WaitTimeoutError
+from ._validate import check_callable
 
 logger = logging.getLogger("makeParallel")
 
@@ -24,12 +25,17 @@ _DONE, _FAILED, _CANCELLED, _TIMED_OUT = 1, 2, 3, 4
 
 
 def _guarded(callback: Callable[..., Any], what: str) -> Callable[..., None]:
-    """Wraps a user callback so an exception in it is logged, never raised."""
+    """Wraps a user callback so an exception in it is logged, never raised.
+
+    Raises:
+        TypeError: at once, if ``callback`` is not callable.
+    """
+    check_callable(callback, what)
 
     def call(*args: Any) -> None:
         try:
             callback(*args)
-        except Exception:
+        except BaseException:  # even SystemExit: a callback cannot end the worker
             logger.exception("%s callback %r raised", what, callback)
 
     return call
@@ -146,6 +152,7 @@ def _as_asyncio_future(self: Any) -> asyncio.Future:
 
     future.add_done_callback(awaiter_cancelled)
     self._add_settled_hook(settled)
+    self._kick()  # awaiting is waiting: restart stopped priority workers if needed
     return future
 
 

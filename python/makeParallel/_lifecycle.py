@@ -12,7 +12,7 @@ def set_max_concurrent_tasks(n: int | None) -> None:
     """Allows at most ``n`` tasks in flight at once across the task decorators.
 
     A task counts from its submission until its code stops (or it is dropped
-    unstarted). Past the limit, a submission blocks its caller, with the GIL
+    unstarted); tasks already in flight when the limit is set count too. Past the limit, a submission blocks its caller, with the GIL
     released and Ctrl-C honoured, until a slot frees up.
 
     Args:

@@ -9,6 +9,7 @@ import threading
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _core, _process
+from ._errors import TaskCancelledError
 from ._validate import check_callable, check_int, function_name
 
 logger = logging.getLogger("makeParallel")
@@ -109,6 +110,29 @@ def _call_progress(callback: Any, fraction: float) -> None:
         logger.exception("on_progress callback %r raised", callback)
 
 
+#: Inside a task, how often a wait for chunks checks whether the task itself
+#: was cancelled, in seconds.
+CANCEL_POLL_SECS = 0.1
+
+
+def _wait(wait: Callable[..., Any], in_task: bool) -> None:
+    """Calls ``wait(timeout)`` until it returns true.
+
+    Inside a task, stops with TaskCancelledError once that task is cancelled:
+    its chunks may be queued behind it on the same pool and never run.
+    """
+    if not in_task:
+        wait()
+        return
+    # TODO: a wait that the core wakes on the caller's own cancellation would
+    # replace this periodic check; handles only wait on their own task now.
+    while not wait(CANCEL_POLL_SECS):
+        if _core._is_cancelled():
+            raise TaskCancelledError(
+                f"task {_core._current_task_id()} was cancelled in parallel_map"
+            )
+
+
 def parallel_map(
     func: Callable[[T], R],
     items: Iterable[T],
@@ -197,6 +221,7 @@ def parallel_map(
     results: list = []
     base = 0
     stopped = exhausted = False
+    in_task = _core._current_task_id() is not None
     try:
         while True:
             finished.clear()
@@ -227,8 +252,11 @@ def parallel_map(
                 threads * MAX_UNCOLLECTED_PER_THREAD
             )
             if not inflight[0].is_ready() and can_refill:
-                finished.wait()  # some chunk finished: refill, then look again
+                # Some chunk finished: refill, then look again.
+                _wait(finished.wait, in_task)
                 continue
+            if in_task:
+                _wait(inflight[0].wait, in_task)
             part = inflight.popleft().get()
             if part is None:
                 # This chunk stopped because a later one failed: submit nothing

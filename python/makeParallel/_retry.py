@@ -89,6 +89,8 @@ def _attempts(
             )
         if seconds > 0:
             time.sleep(seconds)
+            if is_cancelled():  # cancelled while we slept: no further attempt
+                raise TaskCancelledError(f"{name} was cancelled between attempts")
         attempt += 1
 
 

@@ -17,11 +17,12 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from ._decorators import _NO_FUNCTION
 from ._validate import check_callable, function_name
 
 
 def timer(
-    func: Callable[..., Any] | None = None, *, logger: logging.Logger | None = None
+    func: Any = _NO_FUNCTION, *, logger: logging.Logger | None = None
 ) -> Any:
     """Reports how long each call of the function took.
 
@@ -76,7 +77,7 @@ def timer(
 
         return timed
 
-    return wrap if func is None else wrap(func)
+    return wrap if func is _NO_FUNCTION else wrap(func)
 
 
 class CallCounter:

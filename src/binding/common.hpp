@@ -217,12 +217,20 @@ inline void add_note(PyObject* exc, const std::string& note) {
 
 inline std::string task_id_string(uint64_t id) { return "task_" + std::to_string(id); }
 
-/// Seconds as given by Python (None or a non-negative number) to an optional deadline.
-inline std::optional<mp::clock::time_point> deadline_from(std::optional<double> seconds,
-                                                   const char* param) {
-  if (!seconds) return std::nullopt;
-  if (std::isnan(*seconds)) raise(PyExc_ValueError, std::string(param) + " must not be NaN");
-  return mp::deadline_after(std::fmax(*seconds, 0.0));
+/// A wait's timeout as given by Python (None, or a number of seconds; negative means do not
+/// wait) to an optional deadline. Bools and non-numbers are refused, as everywhere else.
+inline std::optional<mp::clock::time_point> deadline_from(nb::handle seconds,
+                                                          const char* param) {
+  if (seconds.is_none()) return std::nullopt;
+  PyObject* v = seconds.ptr();
+  if (PyBool_Check(v) || !(PyLong_Check(v) || PyFloat_Check(v))) {
+    raise(PyExc_TypeError, std::string(param) + " must be a number of seconds or None, not " +
+                               Py_TYPE(v)->tp_name);
+  }
+  const double s = PyFloat_AsDouble(v);
+  if (s == -1.0 && PyErr_Occurred()) throw nb::python_error();
+  if (std::isnan(s)) raise(PyExc_ValueError, std::string(param) + " must not be NaN");
+  return mp::deadline_after(std::fmax(s, 0.0));
 }
 
 /// Validates a task timeout: None (-1 returned) or a positive finite number of seconds.
@@ -646,7 +654,7 @@ inline nb::object outcome_value(py_task& t) {
   raise(PyExc_RuntimeError, describe(t) + " has no outcome yet");
 }
 
-inline nb::object handle_get(async_handle& h, std::optional<double> timeout) {
+inline nb::object handle_get(async_handle& h, nb::handle timeout) {
   if (!wait_for_task(*h.t, deadline_from(timeout, "timeout"))) {
     raise(g_exc.wait_timeout, describe(*h.t) + " did not finish within the timeout");
   }

@@ -232,6 +232,11 @@ py_task* current_py_task() { return dynamic_cast<py_task*>(mp::task::current());
 
 /// Atexit: wait for every task that was not cancelled, then let the interpreter go.
 void at_exit() {
+  // Queued priority tasks are work the program submitted: run them even if the workers were
+  // stopped, rather than wait for them forever.
+  if (mp::executor* p = rt().peek(mp::place::priority)) {
+    if (p->info().queued_tasks != 0) p->start();
+  }
   for (;;) {
     mp::wait_status w;
     {
@@ -302,7 +307,7 @@ NB_MODULE(_core, m) {
           "Result if finished successfully, None if not finished; raises like get().")
       .def(
           "wait",
-          [](async_handle& h, std::optional<double> timeout_secs) {
+          [](async_handle& h, nb::handle timeout_secs) {
             return wait_for_task(*h.t, deadline_from(timeout_secs, "timeout_secs"));
           },
           "timeout_secs"_a = nb::none(),
@@ -334,6 +339,9 @@ NB_MODULE(_core, m) {
       .def("_progress_callbacks",
            [](async_handle& h) { return nb::borrow<nb::list>(h.t->progress_callbacks()); })
       .def("_add_settled_hook", &add_settled_hook, "fn"_a)
+      .def(
+          "_kick", [](async_handle& h) { h.t->note_waited(); },
+          "Someone will wait for this task: restart stopped workers it is queued for.")
       .def("_outcome", [](async_handle& h) { return static_cast<int>(h.t->get_outcome()); })
       .def("_value", [](async_handle& h) -> nb::object {
         return h.t->value() ? nb::borrow(h.t->value()) : nb::none();
@@ -517,7 +525,7 @@ NB_MODULE(_core, m) {
     process_after_fork();
   });
   m.def("_active_task_count", [] { return rt().tracker().live(); });
-  m.def("_shutdown", [](bool cancel_pending, std::optional<double> timeout) {
+  m.def("_shutdown", [](bool cancel_pending, nb::handle timeout) {
     rt().begin_shutdown(cancel_pending);
     const auto deadline = deadline_from(timeout, "timeout_secs");
     for (;;) {

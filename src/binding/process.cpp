@@ -483,9 +483,8 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
   t->deps = std::move(deps);
   t->on_settled([](mp::task& x) { static_cast<process_task&>(x).settled_hook(); });
   mp::executor& ex = process_executor();
-  // admit_task() takes a slot only under a limit; a refused task must give it back, since
-  // a task that was never registered has no tracker to return it when it ends.
-  const bool takes_slot = rt().tracker().limit() != 0;
+  // A refused task must give its admission slot back: a task that was never registered
+  // has no tracker to return it when it ends.
   admit_task(*t);
   try {
     if (t->deps.empty()) {
@@ -500,10 +499,10 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
       submit_after(t, timeout, [t, priority] { process_executor().submit(t, priority); });
     }
   } catch (const mp::shutdown_error& e) {
-    if (takes_slot) rt().tracker().release_slot();
+    if (t->admitted()) rt().tracker().release_slot();
     raise(g_exc.shutdown, e.what());
   } catch (const mp::memory_error& e) {
-    if (takes_slot) rt().tracker().release_slot();
+    if (t->admitted()) rt().tracker().release_slot();
     raise(PyExc_MemoryError, e.what());
   }
   return nb::cast(async_handle{std::move(t)});

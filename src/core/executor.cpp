@@ -88,6 +88,10 @@ void executor::worker_main(uint64_t gen) {
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
     while (!should_exit_locked(gen) && !has_work_locked()) {
+      if (opts_.elastic && threads_ > opts_.num_threads) {
+        retire = true;  // the cap was lowered: surplus threads leave as they come idle
+        break;
+      }
       ++idle_;
       if (opts_.elastic) {
         const auto idle_for = std::chrono::duration<double>(opts_.idle_timeout_secs);
@@ -100,6 +104,7 @@ void executor::worker_main(uint64_t gen) {
       if (retire) break;
     }
     if (retire || should_exit_locked(gen)) break;
+    if (opts_.elastic && threads_ > opts_.num_threads) break;  // over the lowered cap
     std::shared_ptr<task> t = pop_locked();
     if (!t) continue;
     ++active_;

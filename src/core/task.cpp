@@ -54,9 +54,9 @@ void futex_wake_all(std::atomic<uint32_t>& word) noexcept {
 
 // ---- task_tracker
 
-void task_tracker::add() noexcept {
+void task_tracker::add(bool reserved) noexcept {
   unsettled_.fetch_add(1, std::memory_order_relaxed);
-  live_.fetch_add(1, std::memory_order_relaxed);
+  if (!reserved) live_.fetch_add(1, std::memory_order_relaxed);  // admit() counted it already
 }
 
 void task_tracker::decrement(std::atomic<uint32_t>& counter,
@@ -66,7 +66,10 @@ void task_tracker::decrement(std::atomic<uint32_t>& counter,
 }
 
 void task_tracker::settled() noexcept { decrement(unsettled_, unsettled_waiters_); }
-void task_tracker::stopped() noexcept { decrement(live_, live_waiters_); }
+void task_tracker::stopped() noexcept {
+  decrement(live_, live_waiters_);
+  if (admit_waiters_.load() != 0) wake_admissions();
+}
 
 wait_status task_tracker::wait_idle(bool only_running,
                                     const std::optional<clock::time_point>& deadline,
@@ -105,10 +108,12 @@ wait_status task_tracker::admit(const std::optional<clock::time_point>& deadline
   for (;;) {
     // Read the epoch first: a new limit or a slot given back after this bumps it.
     const uint32_t epoch = admit_epoch_.load();
-    uint32_t in_flight = admitted_.load();
+    // The slot is a reservation in the live count itself, so tasks that were already in
+    // flight when the limit was set count against it too.
+    uint32_t in_flight = live_.load();
     const uint32_t cap = limit_.load();
     if (cap == 0 || in_flight < cap) {
-      if (admitted_.compare_exchange_weak(in_flight, in_flight + 1)) return wait_status::ready;
+      if (live_.compare_exchange_weak(in_flight, in_flight + 1)) return wait_status::ready;
       continue;
     }
     // seq_cst on both sides: either wake_admissions() sees us waiting, or we see its epoch.
@@ -120,10 +125,7 @@ wait_status task_tracker::admit(const std::optional<clock::time_point>& deadline
   }
 }
 
-void task_tracker::release_slot() noexcept {
-  admitted_.fetch_sub(1);
-  wake_admissions();
-}
+void task_tracker::release_slot() noexcept { stopped(); }
 
 // ---- task
 
@@ -139,7 +141,7 @@ task* task::current() noexcept { return current_task; }
 void task::attach(task_tracker* tracker) noexcept {
   tracker_ = tracker;
   submit_ns_ = now_ns();
-  if (tracker_) tracker_->add();
+  if (tracker_) tracker_->add(admitted_);
 }
 
 status task::get_status() const noexcept {
@@ -195,9 +197,7 @@ bool task::settle_early(outcome o, bool request_cancel, bool only_unstarted) {
 }
 
 void task::code_stopped() noexcept {
-  if (!tracker_) return;
-  if (admitted_) tracker_->release_slot();
-  tracker_->stopped();
+  if (tracker_) tracker_->stopped();  // also frees the admission slot, if it had one
 }
 
 bool task::complete(outcome o) { return complete(o, now_ns() - start_ns_); }
@@ -272,14 +272,17 @@ void task::run() {
   if (get_phase() == phase::running) complete(outcome::failed);  // execute() broke its promise
 }
 
+void task::note_waited() {
+  if (get_phase() != phase::waiting) return;
+  if (auto* q = queue_.load(std::memory_order_acquire)) q->task_waited(*this);
+}
+
 template <class Ready>
 wait_status task::wait_for(Ready ready, const std::optional<clock::time_point>& deadline,
                            bool interruptible) {
   uint32_t s = state_.load(std::memory_order_acquire);
   if (ready(s)) return wait_status::ready;
-  if (phase_of(s) == phase::waiting) {
-    if (auto* q = queue_.load(std::memory_order_acquire)) q->task_waited(*this);
-  }
+  if (phase_of(s) == phase::waiting) note_waited();
   for (;;) {
     s = state_.load(std::memory_order_acquire);
     if (ready(s)) return wait_status::ready;

@@ -121,8 +121,9 @@ def test_blocked_submitter_is_released_when_a_slot_frees(task_decorator, gate):
 
 
 def test_a_cancelled_queued_task_frees_its_slot(block_pool):
-    # The blocker was submitted before the limit was set, so only `queued` counts.
-    mp.set_max_concurrent_tasks(1)
+    # Tasks already in flight count against a new limit: the blocker and `queued`
+    # fill both slots.
+    mp.set_max_concurrent_tasks(2)
     queued = mp.parallel_pool(lambda: "queued")()
 
     thread, handles = start_submitter(mp.parallel(lambda: "next"))
@@ -131,6 +132,23 @@ def test_a_cancelled_queued_task_frees_its_slot(block_pool):
 
     thread.join(WAIT)
     assert handles[0].get(WAIT) == "next"
+
+
+def test_tasks_already_in_flight_count_against_a_new_limit(gate):
+    running = [mp.parallel(gate.enter)() for _ in range(3)]
+    gate.wait_entered(3)
+
+    mp.set_max_concurrent_tasks(2)
+    thread, handles = start_submitter(mp.parallel(abs), -5)
+
+    # Three are in flight, more than the new limit: the submission waits
+    # until the count drops below it.
+    assert_blocked(thread)
+    gate.open()
+    thread.join(WAIT)
+    assert handles[0].get(WAIT) == 5
+    for handle in running:
+        handle.get(WAIT)
 
 
 def test_raising_the_limit_releases_blocked_submitters(gate):
