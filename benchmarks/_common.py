@@ -344,3 +344,31 @@ def run_peer(
 def emit_child_result(result: dict) -> None:
     """Print a child's result as the one JSON line its parent looks for."""
     print(json.dumps(result), flush=True)
+
+
+# ---- shared workloads --------------------------------------------------------
+
+
+def spin(n: int) -> int:
+    """Pure-Python arithmetic: holds the GIL the whole time on a GIL build."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def noop(x):
+    """The trivial task: returns its argument untouched."""
+    return x
+
+
+def calibrate_spin(target_secs: float) -> int:
+    """The ``spin`` argument that takes about ``target_secs`` on this machine."""
+    n = 50_000
+    while True:
+        start = time.perf_counter()
+        spin(n)
+        took = time.perf_counter() - start
+        if took > 0.01:
+            return max(1, int(n * target_secs / took))
+        n *= 4

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import _common
-from _common import Check, best_of, fmt_ms
+from _common import Check, best_of, calibrate_spin, fmt_ms, noop, spin
 
 #: Wall time one CPU-bound task should take, in seconds.
 TASK_SECONDS = 0.050
@@ -29,29 +29,9 @@ SUBMISSIONS = (20_000, 2_000)
 MAP_ITEMS = (200_000, 20_000)
 
 
-def spin(n: int) -> int:
-    """Pure-Python arithmetic that never releases the GIL on a GIL build."""
-    total = 0
-    for i in range(n):
-        total += i * i % 7
-    return total
-
-
-def noop(x):
-    """The trivial task: return the argument untouched."""
-    return x
-
-
 def calibrate() -> int:
     """The ``spin`` argument that takes about :data:`TASK_SECONDS` here."""
-    n = 50_000
-    while True:
-        start = time.perf_counter()
-        spin(n)
-        took = time.perf_counter() - start
-        if took > 0.01:
-            return max(1, int(n * TASK_SECONDS / took))
-        n *= 4
+    return calibrate_spin(TASK_SECONDS)
 
 
 def main(argv=None) -> None:

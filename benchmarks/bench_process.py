@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import _common
-from _common import Check, best_of, fmt_ms
+from _common import Check, best_of, calibrate_spin, fmt_ms
 
 #: Workload sizes: (full, quick).
 SIZES = {
@@ -38,38 +38,16 @@ SIZES = {
 EXECUTOR_CHUNKSIZES = (1_000, 10_000, 50_000, 125_000)
 
 
-def spin(n: int) -> int:
-    """Pure-Python arithmetic: holds the GIL the whole time."""
-    total = 0
-    for i in range(n):
-        total += i * i % 7
-    return total
-
-
-def noop(x):
-    """The trivial task."""
-    return x
-
-
 def calibrate(target_secs: float = 0.05) -> int:
     """The ``spin`` argument that takes about ``target_secs`` here."""
-    n = 100_000
-    while True:
-        start = time.perf_counter()
-        spin(n)
-        took = time.perf_counter() - start
-        if took > 0.01:
-            return max(1, int(n * target_secs / took))
-        n *= 4
+    return calibrate_spin(target_secs)
 
 
 def main() -> None:
-    # Both sides get the functions from this file imported as a module, so
-    # they pickle by reference; functions of __main__ would have to travel by
-    # value (cloudpickle) to our fresh-interpreter workers at every call.
-    import bench_process as this
-
-    spin, noop = this.spin, this.noop
+    # Both sides get the functions from an imported module (_common), so they
+    # pickle by reference; functions of __main__ would have to travel by value
+    # (cloudpickle) to our fresh-interpreter workers at every call.
+    spin, noop = _common.spin, _common.noop
     parser = _common.make_parser(__doc__.splitlines()[0], default_repeat=3)
     args = _common.parse_args(parser)
     mp = _common.import_makeparallel()
