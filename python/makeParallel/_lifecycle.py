@@ -12,8 +12,9 @@ def set_max_concurrent_tasks(n: int | None) -> None:
     """Allows at most ``n`` tasks in flight at once across the task decorators.
 
     A task counts from its submission until its code stops (or it is dropped
-    unstarted); tasks already in flight when the limit is set count too. Past the limit, a submission blocks its caller, with the GIL
-    released and Ctrl-C honoured, until a slot frees up.
+    unstarted); tasks already in flight when the limit is set count too.
+    Past the limit, a submission blocks its caller, with the GIL released and
+    Ctrl-C honoured, until a slot frees up.
 
     Args:
         n: the limit, an int >= 1, or ``None`` for no limit.

@@ -9,33 +9,19 @@
 #include <vector>
 
 #include "check.hpp"
+#include "task_helpers.hpp"
 #include "makeparallel/executor.hpp"
 #include "makeparallel/os_thread.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
+using mptest::make_task;
+using mptest::in;
+using mptest::wait_all;
 using mp::outcome;
 using mp::status;
 using mp::wait_status;
-
-std::shared_ptr<mp::function_task> make_task(std::function<void()> fn) {
-  return std::make_shared<mp::function_task>([fn = std::move(fn)] {
-    fn();
-    return outcome::done;
-  });
-}
-
-std::optional<mp::clock::time_point> in(mp::clock::duration d) { return mp::clock::now() + d; }
-
-/// Waits for every task to settle; true if all did within the budget.
-bool wait_all(const std::vector<std::shared_ptr<mp::function_task>>& tasks) {
-  const auto deadline = in(30s);
-  for (const auto& t : tasks) {
-    if (t->wait(deadline) != wait_status::ready) return false;
-  }
-  return true;
-}
 
 /// Counts hook calls and checks that they bracket task runs: every run happens between an
 /// enter and a leave on its own thread, and no hook is called under the executor's lock

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "task_helpers.hpp"
 #include "makeparallel/metrics.hpp"
 #include "makeparallel/os_thread.hpp"
 #include "makeparallel/runtime.hpp"
@@ -15,20 +16,13 @@
 namespace {
 
 using namespace std::chrono_literals;
+using mptest::make_task;
+using mptest::in;
 using mp::outcome;
 using mp::phase;
 using mp::place;
 using mp::status;
 using mp::wait_status;
-
-std::shared_ptr<mp::function_task> make_task(std::function<void()> fn) {
-  return std::make_shared<mp::function_task>([fn = std::move(fn)] {
-    fn();
-    return outcome::done;
-  });
-}
-
-std::optional<mp::clock::time_point> in(mp::clock::duration d) { return mp::clock::now() + d; }
 
 constexpr place all_places[] = {place::pool, place::cache, place::priority};
 

@@ -9,11 +9,13 @@
 #include <vector>
 
 #include "check.hpp"
+#include "task_helpers.hpp"
 #include "makeparallel/task.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
+using mptest::in;
 using mp::outcome;
 using mp::phase;
 using mp::status;
@@ -40,8 +42,6 @@ class probe_task final : public mp::task {
 };
 
 /// A deadline `d` from now.
-std::optional<mp::clock::time_point> in(mp::clock::duration d) { return mp::clock::now() + d; }
-
 double seconds_since(mp::clock::time_point start) {
   return std::chrono::duration<double>(mp::clock::now() - start).count();
 }

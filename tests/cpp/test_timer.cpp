@@ -10,17 +10,17 @@
 #include <vector>
 
 #include "check.hpp"
+#include "task_helpers.hpp"
 #include "makeparallel/timer.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
+using mptest::in;
 using mp::outcome;
 using mp::phase;
 using mp::status;
 using mp::wait_status;
-
-std::optional<mp::clock::time_point> in(mp::clock::duration d) { return mp::clock::now() + d; }
 
 std::shared_ptr<mp::function_task> idle_task() {
   return std::make_shared<mp::function_task>([] { return outcome::done; });
