@@ -17,17 +17,18 @@ logger = logging.getLogger("makeParallel")
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Largest chunk chosen automatically. Past this, a chunk's fixed cost (about
-#: a few microseconds) is already negligible per item.
-MAX_AUTO_CHUNK = 2048
+#: Largest chunk chosen automatically. Each chunk costs a few microseconds
+#: of bookkeeping and a GIL hand-over; at this size that is a small fraction
+#: of even a trivial function's per-item cost.
+MAX_AUTO_CHUNK = 8192
 #: Chunks per pool thread that the automatic choice aims for, so that uneven
 #: items still spread over the threads.
 CHUNKS_PER_THREAD = 8
 #: Chunks queued or running per pool thread.
 INFLIGHT_PER_THREAD = 4
-#: Chunks submitted but not yet collected per pool thread (finished ones
+#: Items submitted but not yet collected per pool thread (finished ones
 #: waiting behind a slow first chunk included); bounds memory for long inputs.
-MAX_UNCOLLECTED_PER_THREAD = 64
+MAX_UNCOLLECTED_ITEMS_PER_THREAD = 65536
 #: Largest chunk chosen automatically for the process backend, where each
 #: chunk also pays two pickles and a round trip to a worker.
 MAX_AUTO_CHUNK_PROCESS = 65536
@@ -207,19 +208,36 @@ def parallel_map(
     # Chunks are collected in input order, but refilled as soon as any chunk
     # finishes: a slow chunk at the head must not leave the other threads idle.
     # `running` counts chunks submitted and not finished; finished chunks
-    # waiting behind the head are bounded by MAX_UNCOLLECTED_PER_THREAD.
+    # waiting behind the head are bounded by MAX_UNCOLLECTED_ITEMS_PER_THREAD
+    # (past the few chunks that keep every thread busy).
     inflight: collections.deque = collections.deque()
     finished = threading.Event()
     lock = threading.Lock()
     running = [0]
 
-    def chunk_finished(_handle: Any) -> None:
+    refill_at = max(1, threads * INFLIGHT_PER_THREAD // 2)
+
+    def chunk_finished(handle: Any) -> None:
         with lock:
             running[0] -= 1
-        finished.set()
+            left = running[0]
+        # Wake the collector when the head chunk is ready or half the chunks in
+        # flight are done, not for every chunk: each wake-up costs the GIL.
+        try:
+            is_head = inflight[0] is handle
+        except IndexError:  # the collector emptied the deque meanwhile
+            is_head = True
+        if left <= refill_at or is_head:
+            finished.set()
 
     results: list = []
     base = 0
+
+    def room_behind_head() -> bool:
+        if len(inflight) < threads * INFLIGHT_PER_THREAD:
+            return True
+        return base - len(results) < threads * MAX_UNCOLLECTED_ITEMS_PER_THREAD
+
     stopped = exhausted = False
     in_task = _core._current_task_id() is not None
     try:
@@ -229,7 +247,7 @@ def parallel_map(
                 not stopped
                 and not exhausted
                 and running[0] < threads * INFLIGHT_PER_THREAD
-                and len(inflight) < threads * MAX_UNCOLLECTED_PER_THREAD
+                and room_behind_head()
             ):
                 chunk = next(chunks, None)
                 if chunk is None:
@@ -248,9 +266,7 @@ def parallel_map(
                 base += len(chunk)
             if not inflight:
                 break
-            can_refill = not (stopped or exhausted) and len(inflight) < (
-                threads * MAX_UNCOLLECTED_PER_THREAD
-            )
+            can_refill = not (stopped or exhausted) and room_behind_head()
             if not inflight[0].is_ready() and can_refill:
                 # Some chunk finished: refill, then look again.
                 _wait(finished.wait, in_task)
