@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <functional>
+#include <latch>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -32,5 +33,16 @@ inline bool wait_all(const std::vector<std::shared_ptr<mp::function_task>>& task
   }
   return true;
 }
+
+/// A task that holds the worker running it: `started` opens when it runs, and it returns
+/// once `release` is counted down. Keep it alive until the task has finished.
+struct held_worker {
+  std::latch started{1};
+  std::latch release{1};
+  std::shared_ptr<mp::function_task> task = make_task([this] {
+    started.count_down();
+    release.wait();
+  });
+};
 
 }  // namespace mptest

@@ -17,6 +17,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using mptest::make_task;
+using mptest::held_worker;
 using mptest::in;
 using mptest::wait_all;
 using mp::outcome;
@@ -252,13 +253,9 @@ TEST_CASE(runner_hooks_bracket_every_run_and_are_balanced) {
 
 TEST_CASE(cancel_queued_cancels_waiting_tasks_only) {
   mp::executor ex(fixed(1));
-  std::latch started(1), release(1);
-  auto blocker = make_task([&] {
-    started.count_down();
-    release.wait();
-  });
-  ex.submit(blocker);
-  started.wait();
+  held_worker blocker;
+  ex.submit(blocker.task);
+  blocker.started.wait();
 
   std::atomic<int> ran{0};
   std::vector<std::shared_ptr<mp::function_task>> queued;
@@ -271,12 +268,12 @@ TEST_CASE(cancel_queued_cancels_waiting_tasks_only) {
   CHECK_EQ(ex.info().queued_tasks, size_t{0});
   CHECK_EQ(ex.cancel_queued(), size_t{0});
   for (auto& t : queued) CHECK_EQ(t->get_status(), status::cancelled);
-  CHECK(blocker->running());
-  CHECK(!blocker->settled());
+  CHECK(blocker.task->running());
+  CHECK(!blocker.task->settled());
 
-  release.count_down();
-  CHECK_EQ(blocker->wait(in(30s)), wait_status::ready);
-  CHECK_EQ(blocker->get_status(), status::done);
+  blocker.release.count_down();
+  CHECK_EQ(blocker.task->wait(in(30s)), wait_status::ready);
+  CHECK_EQ(blocker.task->get_status(), status::done);
 
   // The executor still works, and the cancelled tasks never ran.
   auto after = make_task([] {});
@@ -289,13 +286,9 @@ TEST_CASE(info_counts_threads_and_excludes_cancelled_tasks_from_queue) {
   auto opts = fixed(1);
   opts.stack_size = 512 * 1024;
   mp::executor ex(opts);
-  std::latch started(1), release(1);
-  auto blocker = make_task([&] {
-    started.count_down();
-    release.wait();
-  });
-  ex.submit(blocker);
-  started.wait();
+  held_worker blocker;
+  ex.submit(blocker.task);
+  blocker.started.wait();
 
   std::atomic<int> ran{0};
   std::vector<std::shared_ptr<mp::function_task>> queued;
@@ -314,7 +307,7 @@ TEST_CASE(info_counts_threads_and_excludes_cancelled_tasks_from_queue) {
   CHECK_EQ(info.stack_size, size_t{512 * 1024});
   CHECK(info.running);
 
-  release.count_down();
+  blocker.release.count_down();
   CHECK(wait_all(queued));
   CHECK_EQ(ran.load(), 7);
   CHECK_EQ(ex.info().queued_tasks, size_t{0});
@@ -418,13 +411,9 @@ TEST_CASE(raising_the_elastic_cap_starts_threads_for_queued_tasks) {
   // With a cap of one, a task waiting for a second one would wait forever; raising the cap
   // must give the queued task a thread without needing another submission.
   mp::executor ex(elastic(1, 5.0));
-  std::latch started(1), release(1);
-  auto blocker = make_task([&] {
-    started.count_down();
-    release.wait();
-  });
-  ex.submit(blocker);
-  started.wait();
+  held_worker blocker;
+  ex.submit(blocker.task);
+  blocker.started.wait();
   auto queued = make_task([] {});
   ex.submit(queued);
   CHECK_EQ(ex.info().queued_tasks, size_t{1});
@@ -432,8 +421,8 @@ TEST_CASE(raising_the_elastic_cap_starts_threads_for_queued_tasks) {
   ex.set_elastic_limits(2, 5.0);
   CHECK_EQ(ex.info().num_threads, size_t{2});
   CHECK_EQ(queued->wait(in(5s)), wait_status::ready);
-  release.count_down();
-  CHECK_EQ(blocker->wait(in(30s)), wait_status::ready);
+  blocker.release.count_down();
+  CHECK_EQ(blocker.task->wait(in(30s)), wait_status::ready);
 }
 
 TEST_CASE(shortening_the_idle_timeout_retires_idle_threads) {

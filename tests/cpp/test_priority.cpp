@@ -21,6 +21,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using mptest::make_task;
+using mptest::held_worker;
 using mptest::in;
 using mptest::wait_all;
 using mp::outcome;
@@ -86,20 +87,16 @@ std::vector<std::shared_ptr<mp::function_task>> submit_batch(
 
 TEST_CASE(batch_runs_in_priority_then_submission_order) {
   mp::executor ex(priority(1, false));
-  std::latch started(1), release(1);
-  auto blocker = make_task([&] {
-    started.count_down();
-    release.wait();
-  });
-  ex.submit(blocker, std::numeric_limits<int64_t>::min());
-  started.wait();
+  held_worker blocker;
+  ex.submit(blocker.task, std::numeric_limits<int64_t>::min());
+  blocker.started.wait();
 
   const auto prio = random_priorities(600);
   std::mutex mu;
   std::vector<size_t> order;
   auto tasks = submit_batch(ex, prio, mu, order, true);
   CHECK_EQ(ex.info().queued_tasks, prio.size());
-  release.count_down();
+  blocker.release.count_down();
   CHECK(wait_all(tasks));
 
   std::lock_guard<std::mutex> lk(mu);
@@ -139,13 +136,9 @@ TEST_CASE(start_while_running_changes_nothing) {
 TEST_CASE(stop_keeps_queued_tasks_and_start_runs_them) {
   exit_counter hooks;
   mp::executor ex(priority(1, false), &hooks);
-  std::latch started(1), release(1);
-  auto blocker = make_task([&] {
-    started.count_down();
-    release.wait();
-  });
-  ex.submit(blocker);
-  started.wait();
+  held_worker blocker;
+  ex.submit(blocker.task);
+  blocker.started.wait();
 
   const auto prio = random_priorities(50);
   std::mutex mu;
@@ -155,9 +148,9 @@ TEST_CASE(stop_keeps_queued_tasks_and_start_runs_them) {
   CHECK(!ex.info().running);
 
   // The running task finishes; then its worker exits without touching the queue.
-  release.count_down();
-  CHECK_EQ(blocker->wait(in(30s)), wait_status::ready);
-  CHECK_EQ(blocker->get_status(), status::done);
+  blocker.release.count_down();
+  CHECK_EQ(blocker.task->wait(in(30s)), wait_status::ready);
+  CHECK_EQ(blocker.task->get_status(), status::done);
   CHECK(check::eventually([&] { return hooks.exits.load() == 1; }));
   CHECK_EQ(ex.info().queued_tasks, size_t{50});
   for (auto& t : tasks) CHECK_EQ(t->get_status(), status::pending);
@@ -174,13 +167,9 @@ TEST_CASE(stop_keeps_queued_tasks_and_start_runs_them) {
 
 TEST_CASE(stop_with_cancel_pending_cancels_queued_tasks) {
   mp::executor ex(priority(1, false));
-  std::latch started(1), release(1);
-  auto blocker = make_task([&] {
-    started.count_down();
-    release.wait();
-  });
-  ex.submit(blocker);
-  started.wait();
+  held_worker blocker;
+  ex.submit(blocker.task);
+  blocker.started.wait();
 
   std::atomic<int> ran{0};
   std::vector<std::shared_ptr<mp::function_task>> tasks;
@@ -191,11 +180,11 @@ TEST_CASE(stop_with_cancel_pending_cancels_queued_tasks) {
   ex.stop(true);
   for (auto& t : tasks) CHECK_EQ(t->get_status(), status::cancelled);
   CHECK_EQ(ex.info().queued_tasks, size_t{0});
-  CHECK(blocker->running());  // a running task is not cancelled by stop
+  CHECK(blocker.task->running());  // a running task is not cancelled by stop
 
-  release.count_down();
-  CHECK_EQ(blocker->wait(in(30s)), wait_status::ready);
-  CHECK_EQ(blocker->get_status(), status::done);
+  blocker.release.count_down();
+  CHECK_EQ(blocker.task->wait(in(30s)), wait_status::ready);
+  CHECK_EQ(blocker.task->get_status(), status::done);
   ex.start();
   auto after = make_task([] {});
   ex.submit(after);
