@@ -21,6 +21,11 @@ DEFAULT_CACHE_THREADS = 512
 DEFAULT_IDLE_TIMEOUT = 10.0
 
 
+def _select(info: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The documented keys of an info dict from the core, in that order."""
+    return {key: info[key] for key in keys}
+
+
 def configure_thread_pool(
     num_threads: int | None = None, stack_size: int | None = None
 ) -> None:
@@ -65,14 +70,11 @@ def get_thread_pool_info() -> dict[str, Any]:
         ``current_num_threads``, ``stack_size`` (bytes), ``active_tasks`` and
         ``queued_tasks``.
     """
-    info = _core._pool_info()
-    return {
-        "configured": info["configured"],
-        "current_num_threads": info["current_num_threads"],
-        "stack_size": info["stack_size"],
-        "active_tasks": info["active_tasks"],
-        "queued_tasks": info["queued_tasks"],
-    }
+    return _select(
+        _core._pool_info(),
+        "configured", "current_num_threads", "stack_size", "active_tasks",
+        "queued_tasks",
+    )
 
 
 def configure_thread_cache(
@@ -106,10 +108,11 @@ def get_thread_cache_info() -> dict[str, Any]:
         ``current_threads``, ``idle_threads``, ``active_tasks`` and
         ``queued_tasks``.
     """
-    info = _core._cache_info()
-    keys = ("max_threads", "idle_timeout_secs", "current_threads", "idle_threads",
-            "active_tasks", "queued_tasks")
-    return {k: info[k] for k in keys}
+    return _select(
+        _core._cache_info(),
+        "max_threads", "idle_timeout_secs", "current_threads", "idle_threads",
+        "active_tasks", "queued_tasks",
+    )
 
 
 def start_priority_worker(num_workers: int = 1) -> None:
@@ -145,10 +148,6 @@ def get_priority_queue_info() -> dict[str, Any]:
         A dict with ``running`` (bool), ``num_workers``, ``queued_tasks`` and
         ``active_tasks``.
     """
-    info = _core._priority_info()
-    return {
-        "running": info["running"],
-        "num_workers": info["num_workers"],
-        "queued_tasks": info["queued_tasks"],
-        "active_tasks": info["active_tasks"],
-    }
+    return _select(
+        _core._priority_info(), "running", "num_workers", "queued_tasks", "active_tasks"
+    )
