@@ -36,6 +36,22 @@ class runner_hooks {
   virtual void thread_exit() {}
 };
 
+/// Limits how many tasks run at once beyond an executor's thread count, possibly shared by
+/// several executors (the process backend: one unit per worker process). A worker thread
+/// takes a unit before it takes a task from the queue, so a task leaves the queue only when
+/// it can start: queue order stays the start order. Whoever frees a unit must call
+/// capacity_freed() on every executor that shares the gate.
+class task_gate {
+ public:
+  virtual ~task_gate() = default;
+  /// Takes a unit for the calling worker thread if one is free. Called under the executor's
+  /// lock: must not block, nor call back into the executor.
+  virtual bool try_take() = 0;
+  /// After the task (if any) that followed try_take(): gives the unit back unless the task
+  /// kept it. Called without the executor's lock.
+  virtual void after_run() = 0;
+};
+
 /// How an executor runs its tasks.
 struct executor_options {
   std::string name = "mp-worker";  ///< thread name prefix (at most 10 characters shown)
@@ -45,6 +61,7 @@ struct executor_options {
   bool start_stopped = false;      ///< fixed executors: spawn nothing until start()
   size_t stack_size = 0;           ///< bytes per thread; 0 = platform default
   double idle_timeout_secs = 10.0;  ///< elastic: an idle thread retires after this long
+  task_gate* gate = nullptr;       ///< fixed executors: bounds tasks running at once
 };
 
 /// A point-in-time view of an executor.
@@ -81,6 +98,12 @@ class executor final : public task_queue_owner {
   void reconfigure(size_t num_threads, size_t stack_size);
   /// Elastic executors: changes the cap and the idle timeout.
   void set_elastic_limits(size_t max_threads, double idle_timeout_secs);
+  /// Takes `t` out of this queue for the caller to run on its own thread, if `t` is queued
+  /// here and is the only queued task (so running it first overtakes nobody). True: the
+  /// caller owns the start of `t` and must call t.run().
+  bool claim_if_alone(task& t);
+  /// Tells the workers that the gate has a free unit again.
+  void capacity_freed();
   /// Cancels every queued task; returns how many were cancelled.
   size_t cancel_queued();
 
@@ -105,6 +128,8 @@ class executor final : public task_queue_owner {
   void worker_main(uint64_t generation);
   std::shared_ptr<task> pop_locked();
   bool has_work_locked() const noexcept;
+  /// Work to take now: queued tasks, and a unit of the gate (taken) if there is one.
+  bool can_take_locked();
   bool should_exit_locked(uint64_t generation) const noexcept;
 
   executor_options opts_;

@@ -12,7 +12,10 @@
 
 #include <sys/types.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -22,6 +25,14 @@
 #include "makeparallel/transport.hpp"
 
 namespace mp {
+
+/// In a worker process: starts a thread that ends this process (exit status 1, no cleanup)
+/// as soon as `parent` exits, even if the parent was killed and had no chance to close
+/// anything. Not PR_SET_PDEATHSIG: that follows the parent's *thread* that spawned the worker,
+/// and the parent's threads come and go while its workers are reused. Watches a pidfd of the
+/// parent; on kernels without pidfds (before 5.3) it checks getppid() twice a second.
+/// Returns false if `parent` is already gone (the caller should exit).
+bool watch_parent(pid_t parent);
 
 /// The descriptor at which a worker finds its end of the socket.
 constexpr int worker_fd = 3;
@@ -102,6 +113,83 @@ class process_registry {
 
   std::mutex mu_;
   std::vector<std::weak_ptr<worker_process>> workers_;
+};
+
+/// The right to run one process task: a worker process (started lazily by the holder, kept
+/// across tasks) and a wake-up through which a canceller reaches the thread waiting on it.
+/// A slot is held by one thread at a time (see worker_pool); `request_kill` may come from
+/// any thread. Slots live as long as their pool, so a pointer to one never dangles.
+class worker_slot {
+ public:
+  worker_slot();
+  worker_slot(const worker_slot&) = delete;
+  worker_slot& operator=(const worker_slot&) = delete;
+
+  /// The worker process, or null before the first task or after it died. Holder only.
+  std::shared_ptr<worker_process> proc;
+
+  /// Readable after request_kill(); the holder polls it alongside the worker's socket.
+  int wake_fd() const noexcept { return wake_.get(); }
+  /// The holder starts (id) or stops (0) running task `id` on this slot.
+  void set_task(uint64_t id) noexcept { task_id_.store(id, std::memory_order_seq_cst); }
+  /// Asks the holder to kill the worker if it still runs task `id`. Any thread.
+  void request_kill(uint64_t id) noexcept;
+  /// Holder: consumes a wake-up; true if it asks to kill the worker running task `id`.
+  bool kill_requested(uint64_t id) noexcept;
+
+ private:
+  ipc::unique_fd wake_;  // an eventfd
+  std::atomic<uint64_t> task_id_{0};
+  std::atomic<uint64_t> kill_id_{0};
+};
+
+/// A bounded set of worker slots: at most `max_workers` are held at once, and at most that
+/// many keep a process. Idle slots are handed out most recently used first, so a warm worker
+/// is preferred. Lowering the bound retires idle workers at once and busy ones as they are
+/// released. Thread-safe.
+class worker_pool {
+ public:
+  explicit worker_pool(size_t max_workers);
+  /// Stops the processes of idle slots (busy ones belong to their holders).
+  ~worker_pool();
+  worker_pool(const worker_pool&) = delete;
+  worker_pool& operator=(const worker_pool&) = delete;
+
+  /// A slot if one is free now, else null. Never blocks.
+  worker_slot* try_acquire();
+  /// A slot, waiting for one to be released if all are held; null once closed.
+  worker_slot* acquire();
+  /// Gives a slot back. Its process is kept for the next holder, unless the bound was
+  /// lowered meanwhile: then it is asked to exit and reaped here (an idle worker exits as
+  /// soon as it sees end of input, so this is brief).
+  void release(worker_slot* s);
+
+  /// Changes the bound; waiting acquirers get the new slots.
+  void set_max(size_t max_workers);
+  /// Refuses every acquire from now on and wakes the waiting ones (interpreter exit).
+  void close();
+
+  size_t max_workers() const;
+  /// Slots held now (tasks running in workers).
+  size_t busy() const;
+  /// Threads blocked in acquire().
+  size_t waiting() const;
+
+ private:
+  /// A free slot (counted as busy), or null if all are held.
+  worker_slot* take_locked();
+  /// Takes the processes of idle slots beyond the bound; the caller stops them unlocked.
+  std::vector<std::shared_ptr<worker_process>> trim_locked();
+
+  mutable std::mutex mu_;
+  std::condition_variable free_cv_;
+  std::vector<std::unique_ptr<worker_slot>> all_;  // every slot ever made, for stable pointers
+  std::vector<worker_slot*> idle_;   // free slots, most recently released last
+  std::vector<worker_slot*> spare_;  // slots beyond the bound; they keep no process
+  size_t max_;
+  size_t busy_ = 0;
+  size_t waiting_ = 0;
+  bool closed_ = false;
 };
 
 }  // namespace mp

@@ -160,6 +160,10 @@ class task {
   task_queue_owner* release_queue() noexcept {
     return queue_.exchange(nullptr, std::memory_order_acq_rel);
   }
+  /// The queue holding the task, or null.
+  task_queue_owner* queue_owner() const noexcept {
+    return queue_.load(std::memory_order_acquire);
+  }
   metrics_entry* metrics() const noexcept { return metrics_; }
   /// The task owns an admission slot of its tracker, given back when its code stops.
   void set_admitted() noexcept { admitted_ = true; }
@@ -170,8 +174,12 @@ class task {
   /// the thread that calls complete().
   virtual std::string label() const { return {}; }
 
-  /// Runs the code. Must end by calling `complete()` exactly once, after storing any result.
+  /// Runs the code. Must end by calling `complete()` exactly once, after storing any result,
+  /// or by handing the task over (see hand_over) to a thread that will.
   virtual void execute() = 0;
+  /// Called by execute() before it returns with the code still running elsewhere, once it
+  /// passed the duty to call complete() to another thread (whose start it must follow).
+  void hand_over() noexcept { handed_over_ = true; }
 
   /// Reports that the code finished with `o` (done, failed, or cancelled when the code
   /// stopped because cancellation was requested). Records metrics, then settles the outcome
@@ -224,6 +232,7 @@ class task {
   task_tracker* tracker_ = nullptr;
   std::atomic<task_queue_owner*> queue_{nullptr};
   metrics_entry* metrics_ = nullptr;
+  bool handed_over_ = false;  // written and read only by the thread inside run()
   bool admitted_ = false;
 
   std::mutex hooks_mu_;

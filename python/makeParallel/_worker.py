@@ -3,7 +3,8 @@
 Started by the parent's core with its end of a private socket at descriptor
 FD. It receives pickled calls, runs them, and sends back results or errors
 with the execution time measured here. It prints nothing. It ends when the
-socket reaches end of input, and dies with its parent (PR_SET_PDEATHSIG).
+socket reaches end of input, and dies with its parent (a thread of the
+core watches it).
 """
 
 from __future__ import annotations

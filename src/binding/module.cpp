@@ -145,8 +145,9 @@ PyObject* task_function_call(PyObject* self, PyObject* args, PyObject* kwargs) {
     }
     const int backend = f.backend != backend_default ? f.backend : g_default_backend.load();
     if (backend == backend_process) {
+      const bool prioritized = f.where == static_cast<int>(mp::place::priority);
       return submit_process(f.name.ptr(), f.fn.ptr(), args, kw.ptr(), f.metrics, timeout,
-                            priority, std::move(deps))
+                            priority, prioritized, std::move(deps))
           .release()
           .ptr();
     }
@@ -237,6 +238,7 @@ void at_exit() {
   if (mp::executor* p = rt().peek(mp::place::priority)) {
     if (p->info().queued_tasks != 0) p->start();
   }
+  if (process_priority_queued()) process_start_priority(0);
   for (;;) {
     mp::wait_status w;
     {
@@ -308,7 +310,9 @@ NB_MODULE(_core, m) {
       .def(
           "wait",
           [](async_handle& h, nb::handle timeout_secs) {
-            return wait_for_task(*h.t, deadline_from(timeout_secs, "timeout_secs"));
+            const auto deadline = deadline_from(timeout_secs, "timeout_secs");
+            if (!h.t->settled()) h.t->run_here(h.t, deadline);
+            return wait_for_task(*h.t, deadline);
           },
           "timeout_secs"_a = nb::none(),
           "Waits until the task finishes or the timeout passes; returns is_ready().")
@@ -432,8 +436,14 @@ NB_MODULE(_core, m) {
     d["idle_timeout_secs"] = rt().cache_idle_timeout();
     return d;
   });
-  m.def("_start_priority", [](size_t n) { rt().start_priority(n); });
-  m.def("_stop_priority", [](bool cancel_pending) { rt().stop_priority(cancel_pending); });
+  m.def("_start_priority", [](size_t n) {
+    rt().start_priority(n);
+    process_start_priority(n);
+  });
+  m.def("_stop_priority", [](bool cancel_pending) {
+    rt().stop_priority(cancel_pending);
+    process_stop_priority(cancel_pending);
+  });
   m.def("_priority_info", [] {
     nb::dict d = executor_info_dict(mp::place::priority);
     mp::executor* e = rt().peek(mp::place::priority);

@@ -12,11 +12,12 @@
 // sending replies, and forwarding report_progress to the parent.
 #include <poll.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstring>
 
@@ -43,90 +44,86 @@ struct process_helpers {
 };
 process_helpers g_helpers;
 
-/// Where a cancel finds the thread running a task. One per executor thread. Never freed:
-/// a cancel may still look at it after the thread exited (closed_ tells it so).
-class worker_slot {
- public:
-  worker_slot() : wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
-    if (!wake_) throw std::system_error(errno, std::generic_category(), "eventfd");
-  }
-  int wake_fd() const noexcept { return wake_.get(); }
-
-  /// The owner thread starts (id) or ends (0) running a task.
-  void set_task(uint64_t id) noexcept { task_id_.store(id); }
-  /// Asks the owner to kill the worker if it still runs task `id`. Any thread.
-  void request_kill(uint64_t id) noexcept {
-    std::lock_guard<std::mutex> lk(mu_);
-    if (closed_ || task_id_.load() != id) return;
-    kill_id_.store(id);
-    const uint64_t one = 1;
-    [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
-  }
-  /// Owner: consumes a wake-up; true if it asks to kill the worker of task `id`.
-  bool kill_requested(uint64_t id) noexcept {
-    uint64_t count = 0;
-    [[maybe_unused]] const ssize_t n = ::read(wake_.get(), &count, sizeof count);
-    return kill_id_.load() == id;
-  }
-  void close() noexcept {
-    std::lock_guard<std::mutex> lk(mu_);
-    closed_ = true;
-    wake_.reset();
-  }
-
- private:
-  std::mutex mu_;
-  bool closed_ = false;
-  ipc::unique_fd wake_;
-  std::atomic<uint64_t> task_id_{0};
-  std::atomic<uint64_t> kill_id_{0};
-};
-
-thread_local worker_slot* t_slot = nullptr;
-thread_local std::shared_ptr<mp::worker_process> t_proc;
-
 mp::process_registry* g_registry = new mp::process_registry;
 
-/// Brackets tasks like the thread executors do (GIL per batch) and, when an executor thread
-/// retires, ends its worker process with it.
-class process_hooks final : public mp::runner_hooks {
- public:
-  void enter() override { g_hooks->enter(); }
-  void leave() override { g_hooks->leave(); }
-  void thread_exit() override {
-    if (t_proc) {
-      t_proc->stop(exit_grace_secs, false);
-      t_proc.reset();
-    }
-    if (t_slot) t_slot->close();
-    t_slot = nullptr;
-    g_hooks->thread_exit();
-  }
-};
-process_hooks* g_process_hooks = new process_hooks;
-
-std::mutex g_exec_mu;
-mp::executor* g_exec = nullptr;  // leaked in a forked child, like the runtime
-size_t g_num_workers = 0;        // 0: the CPUs of the affinity mask
+// The two executors that start process tasks: one for the task decorators, one for
+// @parallel_priority (started and stopped with the priority workers). Their threads only
+// pickle and wait. The worker pool bounds how many tasks run in processes at once, through
+// a gate: an executor thread takes a slot before it takes a task from its queue, so queue
+// order stays start order. A caller waiting in get() may also start a task itself
+// (process_task::run_here). All are leaked in a forked child, like the runtime.
+std::mutex g_exec_mu;  // guards creation and the settings below
+std::atomic<mp::executor*> g_exec{nullptr};
+std::atomic<mp::executor*> g_prio_exec{nullptr};
+std::atomic<mp::worker_pool*> g_pool{nullptr};
+size_t g_num_workers = 0;   // 0: the CPUs of the affinity mask
+size_t g_prio_threads = 1;  // as start_priority_worker last set it
 bool g_configured = false;
 
 size_t configured_workers() {
   return g_num_workers != 0 ? g_num_workers : mp::available_cpus();
 }
 
-// TODO: start_priority_worker/stop_priority_worker do not reach this executor, so
-// @parallel_priority(backend="process") tasks always run; ParallelContext.submit (in
-// _collect.py, not part of this backend) still runs everything on the thread pool.
-mp::executor& process_executor() {
+class pool_gate;
+pool_gate* g_gate = nullptr;  // the gate of g_pool, made with it
+
+mp::worker_pool& pool_locked();
+
+mp::worker_pool& worker_pool() {
+  if (mp::worker_pool* p = g_pool.load(std::memory_order_acquire)) return *p;
   std::lock_guard<std::mutex> lk(g_exec_mu);
-  if (!g_exec) {
-    mp::executor_options o;
-    o.name = "mp-proc";
-    o.num_threads = configured_workers();
-    o.priority_order = true;
-    g_exec = new mp::executor(o, g_process_hooks);
+  return pool_locked();
+}
+
+/// Returns a slot to the pool and tells the executors, whose threads may wait for one.
+void give_back(mp::worker_slot* slot) {
+  worker_pool().release(slot);
+  for (auto* e : {g_exec.load(), g_prio_exec.load()}) {
+    if (e) e->capacity_freed();
   }
-  return *g_exec;
+}
+
+/// The slot an executor thread took before taking its task; execute() keeps it.
+thread_local mp::worker_slot* t_reserved = nullptr;
+
+class pool_gate final : public mp::task_gate {
+ public:
+  explicit pool_gate(mp::worker_pool& pool) : pool_(pool) {}
+  bool try_take() override {
+    if (!t_reserved) t_reserved = pool_.try_acquire();
+    return t_reserved != nullptr;
+  }
+  void after_run() override {
+    if (mp::worker_slot* s = std::exchange(t_reserved, nullptr)) give_back(s);
+  }
+
+ private:
+  mp::worker_pool& pool_;
+};
+
+mp::worker_pool& pool_locked() {
+  if (!g_pool.load()) {
+    auto* pool = new mp::worker_pool(configured_workers());
+    g_gate = new pool_gate(*pool);
+    g_pool.store(pool);
+  }
+  return *g_pool.load();
+}
+
+mp::executor& process_executor(bool prioritized) {
+  std::atomic<mp::executor*>& e = prioritized ? g_prio_exec : g_exec;
+  if (mp::executor* p = e.load(std::memory_order_acquire)) return *p;
+  std::lock_guard<std::mutex> lk(g_exec_mu);
+  if (!e.load()) {
+    pool_locked();
+    mp::executor_options o;
+    o.name = prioritized ? "mp-procprio" : "mp-proc";
+    o.num_threads = prioritized ? g_prio_threads : configured_workers();
+    o.priority_order = prioritized;
+    o.gate = g_gate;
+    e.store(new mp::executor(o, g_hooks));
+  }
+  return *e.load();
 }
 
 /// Calls `fn(*args)` (new reference) with the GIL; null with an error set on failure.
@@ -151,6 +148,77 @@ mp::spawn_spec current_spawn_spec() {
   return out;
 }
 
+/// Gives `slot` a live worker process, spawning one if needed. GIL held; false with a
+/// Python error set if no process could be started.
+bool ensure_worker(mp::worker_slot& slot) {
+  if (slot.proc && slot.proc->alive()) return true;
+  slot.proc.reset();
+  try {
+    const mp::spawn_spec spec = current_spawn_spec();
+    PyThreadState* ts = PyEval_SaveThread();
+    try {
+      slot.proc = mp::worker_process::spawn(spec);
+    } catch (...) {
+      PyEval_RestoreThread(ts);
+      throw;
+    }
+    PyEval_RestoreThread(ts);
+    g_registry->add(slot.proc);
+    return true;
+  } catch (nb::python_error& e) {
+    e.restore();
+  } catch (const std::exception& e) {
+    PyErr_Format(PyExc_OSError, "cannot start a worker process: %s", e.what());
+  }
+  return false;
+}
+
+/// Takes the GIL back after a blocking section. On an executor thread of an interpreter
+/// that is exiting it does not (Python cannot run any more): the thread then leaves Python
+/// alone for good and the caller must not touch Python objects.
+bool reacquire(PyThreadState* ts, bool on_executor) {
+  if (on_executor && g_exiting.load(std::memory_order_acquire)) {
+    t_worker.entered = false;
+    t_worker.saved = ts;
+    return false;
+  }
+  PyEval_RestoreThread(ts);
+  return true;
+}
+
+/// The pickled call and views of its out-of-band buffers, kept until the send is over.
+struct encoded_call {
+  PyObject* tuple = nullptr;  // (payload bytes, [buffers])
+  std::vector<Py_buffer> views;
+  size_t held = 0;
+
+  PyObject* payload() const { return PyTuple_GET_ITEM(tuple, 0); }
+  /// Takes the views; false with a Python error set if a buffer refused. GIL held.
+  bool open() {
+    PyObject* buffers = PyTuple_GET_ITEM(tuple, 1);
+    views.resize(static_cast<size_t>(PyList_GET_SIZE(buffers)));
+    for (; held < views.size(); ++held) {
+      PyObject* b = PyList_GET_ITEM(buffers, static_cast<Py_ssize_t>(held));
+      if (PyObject_GetBuffer(b, &views[held], PyBUF_SIMPLE) != 0) return false;
+    }
+    return true;
+  }
+  /// Releases everything. GIL held. Idempotent.
+  void release() {
+    for (size_t i = 0; i < held; ++i) PyBuffer_Release(&views[i]);
+    held = 0;
+    Py_CLEAR(tuple);
+  }
+};
+
+/// What a caller that runs a task itself passes to its execute() (see run_here).
+struct claimed_start {
+  mp::worker_slot* slot = nullptr;
+  std::shared_ptr<py_task> self;
+  std::optional<mp::clock::time_point> deadline;  // when the caller stops waiting
+};
+thread_local claimed_start t_claimed;
+
 /// A call that runs in a worker process.
 class process_task final : public py_task {
  public:
@@ -171,25 +239,44 @@ class process_task final : public py_task {
     if (!running()) return;
     // Pairs with the fence in execute(): either we see the slot, or it sees the cancel.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (worker_slot* s = slot_.load()) s->request_kill(id());
+    if (mp::worker_slot* s = slot_.load()) s->request_kill(id());
   }
+
+  bool run_here(const std::shared_ptr<py_task>& self,
+                const std::optional<mp::clock::time_point>& deadline) override;
 
  protected:
   void execute() override;
 
  private:
+  enum class ending { sent, reply, killed, crashed, failed, interrupted };
+
   /// (fn, args, kwargs, dependency results) pickled. New reference, or null with an error.
   PyObject* encode();
-  /// Sends the call and waits for the reply, GIL released. Fills `reply` or `ended`.
-  enum class ending { reply, killed, crashed, failed };
-  ending exchange(const std::vector<Py_buffer>& views, PyObject* payload, ipc::frame& reply,
-                  std::string& why);
-  void report_progress(double fraction);
+  /// Sends the call. GIL released.
+  ending send(mp::worker_slot& slot, const encoded_call& call, std::string& why);
+  /// Waits for the reply, forwarding progress reports. GIL released (`ts` saved); with
+  /// `interruptible`, returns `interrupted` when a signal arrives or `deadline` passes.
+  ending await_reply(mp::worker_slot& slot, ipc::frame& reply, std::string& why,
+                     PyThreadState*& ts, bool interruptible,
+                     const std::optional<mp::clock::time_point>& deadline = std::nullopt);
+  /// Passes the wait for the reply on `slot` to a thread of the thread cache; false if no
+  /// thread could take it. GIL held.
+  bool hand_over_wait(const std::shared_ptr<py_task>& self, mp::worker_slot* slot);
+  /// Ends the exchange on `slot` as `how`: stops a worker that was killed or broke, gives the
+  /// slot back, takes the GIL back and publishes the outcome. GIL released on entry.
+  void conclude(mp::worker_slot* slot, encoded_call& call, ending how, ipc::frame& reply,
+                const std::string& why, PyThreadState* ts, bool on_executor);
+  /// Finishes, on a thread of the thread cache, a task whose waiting caller was interrupted
+  /// by a signal after the call was sent.
+  void resume(mp::worker_slot* slot);
+  void report_progress(double fraction, PyThreadState*& ts);
 
   PyObject* fn_;
   PyObject* args_;
   PyObject* kwargs_;
-  std::atomic<worker_slot*> slot_{nullptr};
+  std::atomic<mp::worker_slot*> slot_{nullptr};
+  bool cancelled_early_ = false;
 };
 
 PyObject* process_task::encode() {
@@ -205,11 +292,11 @@ PyObject* process_task::encode() {
                      Py_BuildValue("(OOON)", fn_, args_, kwargs, dep_results));
 }
 
-void process_task::report_progress(double fraction) {
+void process_task::report_progress(double fraction, PyThreadState*& ts) {
   if (!(fraction >= 0.0 && fraction <= 1.0)) return;
   progress.store(fraction, std::memory_order_relaxed);
   if (!has_progress_callbacks() || g_exiting.load(std::memory_order_acquire)) return;
-  PyEval_RestoreThread(t_worker.saved);
+  PyEval_RestoreThread(ts);
   // A copy: callbacks may register further callbacks while we iterate.
   PyObject* callbacks = PySequence_List(progress_callbacks());
   if (callbacks) {
@@ -221,38 +308,55 @@ void process_task::report_progress(double fraction) {
     Py_DECREF(callbacks);
   }
   PyErr_Clear();
-  t_worker.saved = PyEval_SaveThread();
+  ts = PyEval_SaveThread();
 }
 
-process_task::ending process_task::exchange(const std::vector<Py_buffer>& views,
-                                            PyObject* payload, ipc::frame& reply,
-                                            std::string& why) {
+process_task::ending process_task::send(mp::worker_slot& slot, const encoded_call& call,
+                                        std::string& why) {
   std::vector<ipc::out_buffer> bufs;
-  for (const Py_buffer& v : views) {
-    bufs.push_back({v.buf, static_cast<size_t>(v.len)});
-  }
-  const int sock = t_proc->socket();
-  ipc::io_result r = ipc::send_frame(sock, ipc::frame_kind::call, id(), 0,
-                                     PyBytes_AS_STRING(payload),
-                                     static_cast<size_t>(PyBytes_GET_SIZE(payload)), bufs);
+  for (const Py_buffer& v : call.views) bufs.push_back({v.buf, static_cast<size_t>(v.len)});
+  PyObject* payload = call.payload();
+  const ipc::io_result r =
+      ipc::send_frame(slot.proc->socket(), ipc::frame_kind::call, id(), 0,
+                      PyBytes_AS_STRING(payload),
+                      static_cast<size_t>(PyBytes_GET_SIZE(payload)), bufs);
   if (r.status == ipc::io_status::eof) return ending::crashed;
   if (!r.ok()) {
     why = r.what;
     return ending::failed;
   }
-  pollfd fds[2] = {{sock, POLLIN, 0}, {t_slot->wake_fd(), POLLIN, 0}};
+  return ending::sent;
+}
+
+process_task::ending process_task::await_reply(mp::worker_slot& slot, ipc::frame& reply,
+                                               std::string& why, PyThreadState*& ts,
+                                               bool interruptible,
+                                               const std::optional<mp::clock::time_point>& deadline) {
+  const int sock = slot.proc->socket();
+  pollfd fds[2] = {{sock, POLLIN, 0}, {slot.wake_fd(), POLLIN, 0}};
   for (;;) {
+    int wait_ms = -1;
+    if (interruptible && deadline) {
+      const auto left = *deadline - mp::clock::now();
+      if (left <= mp::clock::duration::zero()) return ending::interrupted;
+      // Rounded up, so that we never wake just before the deadline and spin.
+      wait_ms = static_cast<int>(std::min<int64_t>(
+          std::chrono::ceil<std::chrono::milliseconds>(left).count(), 1 << 30));
+    }
     fds[0].revents = fds[1].revents = 0;
-    if (::poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
+    const int n = ::poll(fds, 2, wait_ms);
+    if (n == 0) continue;  // the deadline: checked at the top
+    if (n < 0) {
+      if (errno == EINTR) {
+        if (interruptible) return ending::interrupted;
+        continue;
+      }
       why = std::string("poll: ") + std::strerror(errno);
       return ending::failed;
     }
-    if (fds[1].revents & POLLIN) {
-      if (t_slot->kill_requested(id())) return ending::killed;
-    }
+    if ((fds[1].revents & POLLIN) && slot.kill_requested(id())) return ending::killed;
     if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-    r = ipc::recv_frame(sock, reply);
+    const ipc::io_result r = ipc::recv_frame(sock, reply);
     if (r.status == ipc::io_status::eof || r.status == ipc::io_status::error) {
       return ending::crashed;
     }
@@ -264,7 +368,7 @@ process_task::ending process_task::exchange(const std::vector<Py_buffer>& views,
     if (reply.kind == ipc::frame_kind::progress) {
       double fraction = 0;
       std::memcpy(&fraction, &reply.aux, sizeof fraction);
-      report_progress(fraction);
+      report_progress(fraction, ts);
       continue;
     }
     if (reply.kind == ipc::frame_kind::result || reply.kind == ipc::frame_kind::error) {
@@ -273,101 +377,173 @@ process_task::ending process_task::exchange(const std::vector<Py_buffer>& views,
   }
 }
 
+bool process_task::hand_over_wait(const std::shared_ptr<py_task>& self,
+                                  mp::worker_slot* slot) {
+  try {
+    rt().get(mp::place::cache).submit(std::make_shared<mp::function_task>([self, slot] {
+      static_cast<process_task&>(*self).resume(slot);
+      return mp::outcome::done;
+    }));
+  } catch (const std::exception&) {
+    return false;
+  }
+  hand_over();
+  return true;
+}
+
+bool process_task::run_here(const std::shared_ptr<py_task>& self,
+                            const std::optional<mp::clock::time_point>& deadline) {
+  if (deadline && *deadline <= mp::clock::now()) return false;  // a look, not a wait
+  auto* ex = dynamic_cast<mp::executor*>(queue_owner());
+  if (!ex || g_exiting.load(std::memory_order_acquire)) return false;
+  mp::worker_slot* slot = worker_pool().try_acquire();
+  if (!slot) return false;
+  if (!ex->claim_if_alone(*this)) {
+    give_back(slot);
+    return false;
+  }
+  t_claimed = {slot, self, deadline};
+  run();  // a cancel that won the race leaves the task dropped: run() does nothing then
+  if (t_claimed.slot) {
+    give_back(t_claimed.slot);
+    t_claimed = {};
+  }
+  if (PyErr_Occurred()) throw nb::python_error();  // a signal came while waiting
+  return true;
+}
+
 void process_task::execute() {
-  if (!t_worker.entered) {  // the interpreter is exiting: Python cannot run any more
+  // Started by a caller waiting in get() (with a slot already), or by an executor thread.
+  claimed_start claimed = std::exchange(t_claimed, claimed_start{});
+  const bool on_executor = claimed.slot == nullptr;
+  mp::worker_slot* slot = on_executor ? std::exchange(t_reserved, nullptr) : claimed.slot;
+  if (on_executor && !t_worker.entered) {  // the interpreter is exiting
+    if (slot) give_back(slot);
     complete(mp::outcome::cancelled);
     return;
   }
   // Raw references and no RAII around Python objects: see task::run about forced unwinds.
-  PyObject* encoded = encode();
+  encoded_call call;
+  call.tuple = encode();
   Py_CLEAR(fn_);
   Py_CLEAR(args_);
   Py_CLEAR(kwargs_);
-  if (!encoded) {
-    finish(nullptr);
-    return;
-  }
-  PyObject* payload = PyTuple_GET_ITEM(encoded, 0);
-  PyObject* buffers = PyTuple_GET_ITEM(encoded, 1);
-  std::vector<Py_buffer> views(static_cast<size_t>(PyList_GET_SIZE(buffers)));
-  size_t held = 0;
-  for (; held < views.size(); ++held) {
-    PyObject* b = PyList_GET_ITEM(buffers, static_cast<Py_ssize_t>(held));
-    if (PyObject_GetBuffer(b, &views[held], PyBUF_SIMPLE) != 0) break;
-  }
-  auto release_views = [&] {
-    for (size_t i = 0; i < held; ++i) PyBuffer_Release(&views[i]);
-    Py_DECREF(encoded);
-  };
-  if (held != views.size()) {
-    release_views();
+  if (!call.tuple || !call.open()) {
+    call.release();
+    if (slot) give_back(slot);
     finish(nullptr);
     return;
   }
 
-  // A worker for this thread: the one it has, or a fresh one.
-  if (!t_slot) t_slot = new worker_slot;
-  if (!t_proc || !t_proc->alive()) {
-    t_proc.reset();
-    try {
-      const mp::spawn_spec spec = current_spawn_spec();
-      t_worker.saved = PyEval_SaveThread();
-      try {
-        t_proc = mp::worker_process::spawn(spec);
-      } catch (...) {
-        PyEval_RestoreThread(t_worker.saved);
-        throw;
-      }
-      PyEval_RestoreThread(t_worker.saved);
-      g_registry->add(t_proc);
-    } catch (nb::python_error& e) {
-      e.restore();
-    } catch (const std::exception& e) {
-      PyErr_Format(PyExc_OSError, "cannot start a worker process: %s", e.what());
+  if (!slot) slot = worker_pool().try_acquire();
+  if (!slot) {  // not reserved (a nested run): wait for a worker without the GIL
+    PyThreadState* ts = PyEval_SaveThread();
+    slot = worker_pool().acquire();
+    if (!reacquire(ts, true)) {
+      if (slot) give_back(slot);
+      complete(mp::outcome::cancelled);
+      return;
     }
-    if (!t_proc) {
-      release_views();
-      finish(nullptr);
+    if (!slot) {  // the pool closed: the interpreter is exiting
+      call.release();
+      complete(mp::outcome::cancelled);
       return;
     }
   }
+  if (!ensure_worker(*slot)) {
+    give_back(slot);
+    call.release();
+    finish(nullptr);
+    return;
+  }
 
-  t_slot->set_task(id());
-  slot_.store(t_slot);
+  slot->set_task(id());
+  slot_.store(slot);
   // Pairs with the fence in settled_hook(): a cancel that came before the slot was visible.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  const bool cancelled_early = cancel_requested();
+  cancelled_early_ = cancel_requested();
 
   ipc::frame reply;
   std::string why;
-  ending how = ending::killed;
-  mp::exit_info gone;
-  t_worker.saved = PyEval_SaveThread();
-  if (!cancelled_early) how = exchange(views, payload, reply, why);
-  if (how == ending::killed && !cancelled_early) {
-    gone = t_proc->stop(terminate_grace_secs, true);
-  } else if (how == ending::crashed || how == ending::failed) {
-    gone = t_proc->stop(exit_grace_secs, false);
+  PyThreadState* ts = PyEval_SaveThread();
+  ending how = cancelled_early_ ? ending::killed : send(*slot, call, why);
+  // A caller waiting in get() stays responsive to Ctrl-C; executor threads block signals.
+  const bool interruptible = !on_executor;
+  if (how == ending::sent) {
+    how = await_reply(*slot, reply, why, ts, interruptible, claimed.deadline);
   }
-  t_slot->set_task(0);
+  while (how == ending::interrupted) {
+    PyEval_RestoreThread(ts);
+    const bool signalled = PyErr_CheckSignals() != 0;
+    if (signalled || (claimed.deadline && *claimed.deadline <= mp::clock::now())) {
+      // The caller stops waiting (its get() raises KeyboardInterrupt or TimeoutError), but
+      // the task goes on: a thread of the thread cache waits for the reply and finishes it.
+      call.release();
+      if (hand_over_wait(claimed.self, slot)) return;
+      // No thread to take it: wait here after all, and raise the signal's error after.
+      PyObject* exc = signalled ? fetch_exception() : nullptr;
+      ts = PyEval_SaveThread();
+      how = await_reply(*slot, reply, why, ts, false);
+      conclude(slot, call, how, reply, why, ts, false);
+      if (exc) {
+        restore_exception(exc);
+        Py_DECREF(exc);
+      }
+      return;
+    }
+    ts = PyEval_SaveThread();
+    how = await_reply(*slot, reply, why, ts, true, claimed.deadline);
+  }
+  conclude(slot, call, how, reply, why, ts, on_executor);
+}
+
+void process_task::resume(mp::worker_slot* slot) {
+  ipc::frame reply;
+  std::string why;
+  encoded_call none;
+  if (!t_worker.entered) {  // the interpreter is exiting: only stop the worker
+    slot->proc->stop(terminate_grace_secs, true);
+    slot->set_task(0);
+    slot_.store(nullptr);
+    give_back(slot);
+    complete(mp::outcome::cancelled);
+    return;
+  }
+  PyThreadState* ts = PyEval_SaveThread();
+  const ending how = await_reply(*slot, reply, why, ts, false);
+  conclude(slot, none, how, reply, why, ts, true);
+}
+
+void process_task::conclude(mp::worker_slot* slot, encoded_call& call, ending how,
+                            ipc::frame& reply, const std::string& why, PyThreadState* ts,
+                            bool on_executor) {
+  mp::exit_info gone;
+  if (how == ending::killed && !cancelled_early_) {
+    gone = slot->proc->stop(terminate_grace_secs, true);
+  } else if (how == ending::crashed || how == ending::failed) {
+    gone = slot->proc->stop(exit_grace_secs, false);
+  }
+  slot->set_task(0);
   slot_.store(nullptr);
-  if (g_exiting.load(std::memory_order_acquire)) {
+  // A worker that was killed or broke is replaced by the slot's next holder.
+  std::shared_ptr<mp::worker_process> dead;
+  if (how != ending::reply && !(how == ending::killed && cancelled_early_)) {
+    dead = std::move(slot->proc);
+  }
+  give_back(slot);
+  if (!reacquire(ts, on_executor)) {
     // Python is gone: leak what we hold rather than wait for a GIL that never comes back.
     complete(mp::outcome::cancelled);
     return;
   }
-  PyEval_RestoreThread(t_worker.saved);
-  release_views();
+  call.release();
 
   if (how == ending::killed) {
-    if (!cancelled_early) t_proc.reset();  // replaced by the next task on this thread
     complete(cancel_requested() ? mp::outcome::cancelled : mp::outcome::failed);
     return;
   }
   if (how != ending::reply) {
-    const pid_t pid = t_proc->pid();
-    t_proc.reset();
-    std::string msg = "worker process " + std::to_string(pid) + " running " +
+    std::string msg = "worker process " + std::to_string(dead->pid()) + " running " +
                       describe_task(*this) + " ";
     msg += how == ending::failed ? "stopped answering (" + why + ") and " + gone.describe()
                                  : gone.describe();
@@ -472,7 +648,7 @@ void worker_report_progress(double fraction) {
 
 nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject* kwargs,
                           mp::metrics_entry* metrics, double timeout, int64_t priority,
-                          std::vector<std::shared_ptr<py_task>> deps) {
+                          bool prioritized, std::vector<std::shared_ptr<py_task>> deps) {
   if (g_refusing.load(std::memory_order_acquire)) {
     raise(g_exc.shutdown, "cannot submit tasks while the interpreter is shutting down");
   }
@@ -482,7 +658,7 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
   t->timeout = timeout;
   t->deps = std::move(deps);
   t->on_settled([](mp::task& x) { static_cast<process_task&>(x).settled_hook(); });
-  mp::executor& ex = process_executor();
+  mp::executor& ex = process_executor(prioritized);
   // A refused task must give its admission slot back: a task that was never registered
   // has no tracker to return it when it ends.
   admit_task(*t);
@@ -496,7 +672,9 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
         throw;
       }
     } else {
-      submit_after(t, timeout, [t, priority] { process_executor().submit(t, priority); });
+      submit_after(t, timeout, [t, priority, prioritized] {
+        process_executor(prioritized).submit(t, priority);
+      });
     }
   } catch (const mp::shutdown_error& e) {
     if (t->admitted()) rt().tracker().release_slot();
@@ -508,15 +686,47 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
   return nb::cast(async_handle{std::move(t)});
 }
 
+void process_start_priority(size_t num_workers) {
+  mp::executor* e = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(g_exec_mu);
+    if (num_workers != 0) g_prio_threads = num_workers;
+    e = g_prio_exec.load();
+  }
+  if (e) e->start(num_workers);
+}
+
+void process_stop_priority(bool cancel_pending) {
+  mp::executor* e = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(g_exec_mu);
+    e = g_prio_exec.load();
+  }
+  if (e) e->stop(cancel_pending);
+}
+
+bool process_priority_queued() {
+  mp::executor* e = g_prio_exec.load();
+  return e && e->info().queued_tasks != 0;
+}
+
 void process_at_exit() {
   nb::gil_scoped_release nogil;
+  mp::worker_pool* pool = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(g_exec_mu);
+    pool = g_pool.load();
+  }
+  if (pool) pool->close();  // idle workers exit; threads waiting for one give up
   g_registry->stop_all(exit_grace_secs);
 }
 
 void process_after_fork() {
   // The parent's executor threads and workers are not ours: start from nothing.
   g_registry = new mp::process_registry;
-  g_exec = nullptr;
+  g_exec.store(nullptr);
+  g_prio_exec.store(nullptr);
+  g_pool.store(nullptr);
   g_worker_task.store(0);
 }
 
@@ -536,7 +746,8 @@ void bind_process(nb::module_& m) {
          int64_t priority) {
         const double t = parse_timeout(timeout.ptr());
         PyObject* kw = kwargs.is_none() ? nullptr : kwargs.ptr();
-        return submit_process(name.ptr(), fn.ptr(), args.ptr(), kw, nullptr, t, priority, {});
+        return submit_process(name.ptr(), fn.ptr(), args.ptr(), kw, nullptr, t, priority,
+                              false, {});
       },
       "fn"_a, "name"_a, "args"_a, "kwargs"_a = nb::none(), "timeout"_a = nb::none(),
       "priority"_a = 0, "Runs fn(*args, **kwargs) in a worker process; returns its handle.");
@@ -544,27 +755,36 @@ void bind_process(nb::module_& m) {
   m.def("_default_backend", [] { return g_default_backend.load(); });
   m.def("_configure_process_pool", [](size_t n) {
     mp::executor* e = nullptr;
+    mp::worker_pool* pool = nullptr;
     {
       std::lock_guard<std::mutex> lk(g_exec_mu);
       g_num_workers = n;
       g_configured = true;
-      e = g_exec;
+      e = g_exec.load();
+      pool = g_pool.load();
     }
+    if (pool) pool->set_max(configured_workers());
     if (e) e->reconfigure(configured_workers(), 0);
+    if (mp::executor* p = g_prio_exec.load()) p->capacity_freed();  // a raised bound
   });
   m.def("_process_pool_info", [] {
     nb::dict d;
-    mp::executor* e = nullptr;
+    mp::executor* execs[2] = {nullptr, nullptr};
+    mp::worker_pool* pool = nullptr;
     {
       std::lock_guard<std::mutex> lk(g_exec_mu);
       d["configured"] = g_configured;
       d["num_workers"] = configured_workers();
-      e = g_exec;
+      execs[0] = g_exec.load();
+      execs[1] = g_prio_exec.load();
+      pool = g_pool.load();
     }
-    const mp::executor_info i = e ? e->info() : mp::executor_info{0, 0, 0, 0, 0, 0, false};
+    // Running: tasks holding a worker. Queued: waiting in a queue, or for a worker.
+    size_t queued = pool ? pool->waiting() : 0;
+    for (mp::executor* e : execs) queued += e ? e->info().queued_tasks : 0;
     d["alive_workers"] = g_registry->alive();
-    d["active_tasks"] = i.active_tasks;
-    d["queued_tasks"] = i.queued_tasks;
+    d["active_tasks"] = pool ? pool->busy() : 0;
+    d["queued_tasks"] = queued;
     return d;
   });
   m.def("_process_worker_pids", [] {
@@ -578,11 +798,9 @@ void bind_process(nb::module_& m) {
   m.def(
       "_worker_init",
       [](int fd, long parent) {
-        // Die with the parent, even if it is killed with no chance to clean up; and if it
-        // already died before prctl took effect, notice it now.
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        // Die with the parent, even if it is killed with no chance to clean up.
         g_worker_fd = fd;
-        return static_cast<long>(::getppid()) == parent;
+        return mp::watch_parent(static_cast<pid_t>(parent));
       },
       "fd"_a, "parent"_a);
   m.def("_worker_recv", &worker_recv, "fd"_a);

@@ -59,6 +59,10 @@ bool executor::has_work_locked() const noexcept {
   return opts_.priority_order ? !heap_.empty() : !fifo_.empty();
 }
 
+bool executor::can_take_locked() {
+  return has_work_locked() && (opts_.gate == nullptr || opts_.gate->try_take());
+}
+
 bool executor::should_exit_locked(uint64_t generation) const noexcept {
   return closing_ || generation != generation_;
 }
@@ -86,8 +90,16 @@ std::shared_ptr<task> executor::pop_locked() {
 void executor::worker_main(uint64_t gen) {
   bool retire = false;
   std::unique_lock<std::mutex> lk(mu_);
+  // Gives back the gate's unit taken by can_take_locked(), if the task did not keep it.
+  auto after_run = [&] {
+    if (!opts_.gate) return;
+    lk.unlock();
+    opts_.gate->after_run();
+    lk.lock();
+  };
   for (;;) {
-    while (!should_exit_locked(gen) && !has_work_locked()) {
+    // Leaves the loop with a unit of the gate taken exactly when it does not exit.
+    while (!should_exit_locked(gen) && !can_take_locked()) {
       if (opts_.elastic && threads_ > opts_.num_threads) {
         retire = true;  // the cap was lowered: surplus threads leave as they come idle
         break;
@@ -106,7 +118,10 @@ void executor::worker_main(uint64_t gen) {
     if (retire || should_exit_locked(gen)) break;
     if (opts_.elastic && threads_ > opts_.num_threads) break;  // over the lowered cap
     std::shared_ptr<task> t = pop_locked();
-    if (!t) continue;
+    if (!t) {  // only tombstones of tasks cancelled or claimed elsewhere
+      after_run();
+      continue;
+    }
     ++active_;
     lk.unlock();
 
@@ -116,9 +131,17 @@ void executor::worker_main(uint64_t gen) {
     for (;;) {
       t->run();
       t.reset();  // drop our reference inside the bracket, where releasing it is cheap
+      if (opts_.gate) opts_.gate->after_run();
       if (clock::now() >= slice_end) break;
       lk.lock();
-      if (!should_exit_locked(gen)) t = pop_locked();
+      if (!should_exit_locked(gen) && can_take_locked()) {
+        t = pop_locked();
+        if (!t) {
+          lk.unlock();
+          if (opts_.gate) opts_.gate->after_run();
+          lk.lock();
+        }
+      }
       lk.unlock();
       if (!t) break;
     }
@@ -217,6 +240,20 @@ void executor::set_elastic_limits(size_t max_threads, double idle_timeout_secs) 
   } catch (...) {
     // Out of threads: the tasks stay queued for the threads that exist, as in submit().
   }
+}
+
+bool executor::claim_if_alone(task& t) {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (queued_.load(std::memory_order_relaxed) != 1 || t.queue_owner() != this) return false;
+  // A cancel racing with us takes the queue back first (then we get null), or finds none.
+  if (t.release_queue() == nullptr) return false;
+  queued_.fetch_sub(1, std::memory_order_relaxed);
+  return true;  // the heap entry is now a tombstone that pop_locked() skips
+}
+
+void executor::capacity_freed() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (idle_ > 0 && has_work_locked()) work_cv_.notify_one();
 }
 
 size_t executor::cancel_queued() {

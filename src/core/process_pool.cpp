@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -15,6 +16,8 @@
 #include <cstring>
 #include <system_error>
 #include <thread>
+
+#include "makeparallel/os_thread.hpp"
 
 namespace mp {
 
@@ -53,7 +56,37 @@ int open_pidfd(pid_t pid) noexcept {
   return -1;
 }
 
+/// Seconds an idle worker that is retired gets to exit at end of input before SIGKILL.
+constexpr double retire_grace_secs = 2.0;
+
+void stop_all_of(std::vector<std::shared_ptr<worker_process>>& procs) {
+  for (auto& p : procs) p->close_input();  // all at once, so they wind down together
+  for (auto& p : procs) p->stop(retire_grace_secs, false);
+  procs.clear();
+}
+
 }  // namespace
+
+bool watch_parent(pid_t parent) {
+  const int fd = open_pidfd(parent);
+  // Checked after the pidfd exists: if the parent is still ours now, the pidfd refers to it
+  // and not to a later process that reused its pid.
+  if (::getppid() != parent) {
+    if (fd >= 0) ::close(fd);
+    return false;
+  }
+  start_thread("mp-watch", 0, [fd, parent] {
+    if (fd >= 0) {
+      pollfd p{fd, POLLIN, 0};
+      while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+      }
+    } else {
+      while (::getppid() == parent) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+    ::_exit(1);
+  });
+  return true;
+}
 
 std::string exit_info::describe() const {
   if (!signalled) return "exited with code " + std::to_string(code);
@@ -236,6 +269,135 @@ void process_registry::stop_all(double grace_secs) {
     const std::chrono::duration<double> left = end - std::chrono::steady_clock::now();
     w->stop(std::fmax(left.count(), 0.0), false);
   }
+}
+
+worker_slot::worker_slot() : wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!wake_) throw_errno(errno, "eventfd");
+}
+
+void worker_slot::request_kill(uint64_t id) noexcept {
+  if (id == 0 || task_id_.load(std::memory_order_seq_cst) != id) return;
+  kill_id_.store(id, std::memory_order_seq_cst);
+  const uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
+}
+
+bool worker_slot::kill_requested(uint64_t id) noexcept {
+  uint64_t count = 0;
+  [[maybe_unused]] const ssize_t n = ::read(wake_.get(), &count, sizeof count);
+  return kill_id_.load(std::memory_order_seq_cst) == id;
+}
+
+worker_pool::worker_pool(size_t max_workers) : max_(max_workers) {}
+
+worker_pool::~worker_pool() {
+  std::vector<std::shared_ptr<worker_process>> procs;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (worker_slot* s : idle_) {
+      if (s->proc) procs.push_back(std::move(s->proc));
+    }
+  }
+  stop_all_of(procs);
+}
+
+worker_slot* worker_pool::take_locked() {
+  worker_slot* s = nullptr;
+  if (!idle_.empty()) {
+    s = idle_.back();
+    idle_.pop_back();
+  } else if (busy_ < max_) {
+    if (!spare_.empty()) {
+      s = spare_.back();
+      spare_.pop_back();
+    } else {
+      all_.push_back(std::make_unique<worker_slot>());
+      s = all_.back().get();
+    }
+  } else {
+    return nullptr;
+  }
+  ++busy_;
+  return s;
+}
+
+worker_slot* worker_pool::try_acquire() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return closed_ ? nullptr : take_locked();
+}
+
+worker_slot* worker_pool::acquire() {
+  std::unique_lock<std::mutex> lk(mu_);
+  ++waiting_;
+  worker_slot* s = nullptr;
+  free_cv_.wait(lk, [&] { return closed_ || (s = take_locked()) != nullptr; });
+  --waiting_;
+  return s;
+}
+
+void worker_pool::release(worker_slot* s) {
+  std::shared_ptr<worker_process> retired;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    --busy_;
+    if (closed_ || busy_ + idle_.size() >= max_) {
+      retired = std::move(s->proc);  // over the bound: this slot keeps no process
+      spare_.push_back(s);
+    } else {
+      idle_.push_back(s);
+    }
+    free_cv_.notify_one();
+  }
+  if (retired) retired->stop(retire_grace_secs, false);
+}
+
+std::vector<std::shared_ptr<worker_process>> worker_pool::trim_locked() {
+  std::vector<std::shared_ptr<worker_process>> procs;
+  // The least recently used idle slots go first.
+  while (!idle_.empty() && (closed_ || busy_ + idle_.size() > max_)) {
+    worker_slot* s = idle_.front();
+    idle_.erase(idle_.begin());
+    if (s->proc) procs.push_back(std::move(s->proc));
+    spare_.push_back(s);
+  }
+  return procs;
+}
+
+void worker_pool::set_max(size_t max_workers) {
+  std::vector<std::shared_ptr<worker_process>> procs;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    max_ = max_workers;
+    procs = trim_locked();
+    free_cv_.notify_all();
+  }
+  stop_all_of(procs);
+}
+
+void worker_pool::close() {
+  std::vector<std::shared_ptr<worker_process>> procs;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    closed_ = true;
+    procs = trim_locked();
+    free_cv_.notify_all();
+  }
+  stop_all_of(procs);
+}
+
+size_t worker_pool::max_workers() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return max_;
+}
+
+size_t worker_pool::busy() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return busy_;
+}
+
+size_t worker_pool::waiting() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return waiting_;
 }
 
 }  // namespace mp

@@ -269,6 +269,8 @@ void task::run() {
   // while the code is blocked, nothing of ours must run on the way out.
   execute();
   current_task = outer;
+  // A task handed over may be finished by its new owner already: leave it alone.
+  if (handed_over_) return;
   if (get_phase() == phase::running) complete(outcome::failed);  // execute() broke its promise
 }
 

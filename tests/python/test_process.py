@@ -371,6 +371,114 @@ def test_workers_are_reaped_at_exit(run_python):
         assert _wait_gone(pid, 5.0)
 
 
+# ---- a caller waiting in get()/wait() may start a queued task itself
+
+
+def test_a_waiting_caller_keeps_results_metrics_and_callbacks():
+    mp.reset_metrics()
+    mp.configure_process_pool(1)
+    f = mp.parallel(backend="process")
+    f(double)(0).get()  # a warm, idle worker, so the next waits take the short path
+    done = []
+    for i in range(50):
+        h = f(double)(i).on_complete(done.append)
+        assert h.get() == 2 * i
+    h = f(report_twice)()
+    seen = []
+    h.on_progress(seen.append)
+    assert h.wait() is True and h.get() == h.get_task_id()
+    assert _eventually(lambda: len(done) == 50)
+    assert sorted(done) == [2 * i for i in range(50)]
+    assert mp.get_metrics("double").completed_tasks == 51
+    with pytest.raises(CustomError):
+        f(raise_custom)("here").get()
+    assert mp.get_process_pool_info()["active_tasks"] == 0
+
+
+def test_workers_outlive_the_threads_that_started_them():
+    mp.configure_process_pool(1)
+    f = mp.parallel(backend="process")(pid_of)
+    got = []
+    starter = threading.Thread(target=lambda: got.append(f().get(timeout=WAIT)))
+    starter.start()
+    starter.join(WAIT)
+    mp.configure_process_pool(1)  # also replaces the executor's threads
+    time.sleep(0.3)
+    assert f().get(timeout=WAIT) == got[0]
+
+
+def test_get_timeout_on_the_short_path_leaves_the_task_running():
+    mp.configure_process_pool(1)
+    f = mp.parallel(backend="process")
+    f(double)(0).get()
+    h = f(sleep_then)(0.6, "late")
+    start = time.monotonic()
+    with pytest.raises(mp.WaitTimeoutError):
+        h.get(timeout=0.1)
+    assert time.monotonic() - start < 0.5
+    assert h.wait(0.05) is False and h.status() == "running"
+    assert h.get(timeout=WAIT) == "late"
+    assert _eventually(lambda: mp.get_process_pool_info()["active_tasks"] == 0)
+    assert f(double)(4).get() == 8
+
+
+def test_cancel_reaches_a_task_started_by_its_waiting_caller():
+    mp.configure_process_pool(1)
+    f = mp.parallel(backend="process")
+    worker = f(pid_of)().get()
+    h = f(time.sleep)(100)
+    threading.Timer(0.3, h.cancel).start()
+    start = time.monotonic()
+    with pytest.raises(mp.TaskCancelledError):
+        h.get()
+    assert time.monotonic() - start < 5.0
+    assert _wait_gone(worker)
+    assert f(double)(2).get() == 4
+
+
+def test_ctrl_c_interrupts_get_but_not_the_task(run_python):
+    result = run_python(
+        """
+        import os, signal, threading, time
+        import makeParallel as mp
+
+        mp.configure_process_pool(1)
+        f = mp.parallel(backend="process")
+        f(os.getpid)().get()  # an idle worker: get() below starts the task itself
+        h = f(time.sleep)(1.0)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        try:
+            h.get()
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic() - start < 0.9)
+        print(h.get(10), h.status(), f(abs)(-5).get(10))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["interrupted", "True", "None", "done", "5"]
+
+
+def test_stopped_priority_workers_hold_process_tasks_until_restarted():
+    mp.configure_process_pool(2)
+    mp.stop_priority_worker()
+    mp.start_priority_worker(1)
+    f = mp.parallel_priority(backend="process")
+    blocker = f(sleep_then).options(priority=100)(0.5)
+    time.sleep(0.2)  # running: the batch below queues behind it
+    handles = [f(stamp)(f"p{p}", priority=p) for p in (1, 3, 2)]
+    mp.stop_priority_worker()
+    assert blocker.get(timeout=WAIT) is None
+    time.sleep(0.5)
+    assert [h.status() for h in handles] == ["pending"] * 3
+    assert mp.get_process_pool_info()["queued_tasks"] == 3
+    # Waiting for one starts the workers again; the batch runs in priority order.
+    handles[0].get(timeout=WAIT)
+    ran = sorted((h.get(timeout=WAIT) for h in handles), key=lambda r: r[1])
+    assert [tag for tag, _ in ran] == ["p3", "p2", "p1"]
+
+
 # ---- scheduling, metrics, progress, callbacks, dependencies, shutdown
 
 
