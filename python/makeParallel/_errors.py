@@ -1,4 +1,4 @@
-"""Exception types raised by makeParallel."""
+"""Exception types raised by makeParallel, and how notes are added to exceptions."""
 
 from __future__ import annotations
 
@@ -70,3 +70,20 @@ class WorkerCrashedError(TaskError):
 
     def __reduce__(self):  # keep the attributes when pickled
         return (type(self), (self.args[0], self.exitcode, self.signal))
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Adds a PEP 678 note to exc, on any Python version.
+
+    Before 3.11 the note still goes into ``exc.__notes__``, where code can read
+    it, although the traceback printer of those versions does not show it.
+    Never raises: an exception that takes no attributes is left without.
+    """
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        notes.append(note)
+        return
+    try:
+        exc.__notes__ = [note]
+    except Exception:
+        pass

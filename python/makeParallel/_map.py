@@ -9,7 +9,7 @@ import threading
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from . import _core, _process
-from ._errors import TaskCancelledError
+from ._errors import TaskCancelledError, WorkerCrashedError, add_note
 from ._validate import check_callable, check_int, function_name
 
 logger = logging.getLogger("makeParallel")
@@ -173,6 +173,8 @@ def parallel_map(
     Raises:
         The first exception raised by ``func`` (lowest item index), with a
         note naming the item's index; items not yet started then never run.
+        WorkerCrashedError: if a worker process dies (process backend), with
+            a note naming the items of the chunk it was running.
         TypeError, ValueError: for bad arguments.
     """
     check_callable(func, "parallel_map")
@@ -209,7 +211,8 @@ def parallel_map(
     # finishes: a slow chunk at the head must not leave the other threads idle.
     # `running` counts chunks submitted and not finished; finished chunks
     # waiting behind the head are bounded by MAX_UNCOLLECTED_ITEMS_PER_THREAD
-    # (past the few chunks that keep every thread busy).
+    # (past the few chunks that keep every thread busy). Each entry of
+    # `inflight` is (handle, index of the chunk's first item, chunk length).
     inflight: collections.deque = collections.deque()
     finished = threading.Event()
     lock = threading.Lock()
@@ -224,7 +227,7 @@ def parallel_map(
         # Wake the collector when the head chunk is ready or half the chunks in
         # flight are done, not for every chunk: each wake-up costs the GIL.
         try:
-            is_head = inflight[0] is handle
+            is_head = inflight[0][0] is handle
         except IndexError:  # the collector emptied the deque meanwhile
             is_head = True
         if left <= refill_at or is_head:
@@ -262,18 +265,26 @@ def parallel_map(
                 with lock:
                     running[0] += 1
                 handle._add_settled_hook(chunk_finished)
-                inflight.append(handle)
+                inflight.append((handle, base, len(chunk)))
                 base += len(chunk)
             if not inflight:
                 break
             can_refill = not (stopped or exhausted) and room_behind_head()
-            if not inflight[0].is_ready() and can_refill:
+            if not inflight[0][0].is_ready() and can_refill:
                 # Some chunk finished: refill, then look again.
                 _wait(finished.wait, in_task)
                 continue
             if in_task:
-                _wait(inflight[0].wait, in_task)
-            part = inflight.popleft().get()
+                _wait(inflight[0][0].wait, in_task)
+            handle, first, count = inflight.popleft()
+            try:
+                part = handle.get()
+            except WorkerCrashedError as exc:
+                # Which of the chunk's items killed the worker is unknown.
+                last = first + count - 1
+                where = f"item {first}" if count == 1 else f"items {first} to {last}"
+                add_note(exc, f"the worker died while running parallel_map {where}")
+                raise
             if part is None:
                 # This chunk stopped because a later one failed: submit nothing
                 # more, and the failing chunk raises when its turn comes.
@@ -284,7 +295,7 @@ def parallel_map(
                 report.advance(len(part))
     except BaseException:
         _core._map_stop(state)
-        for handle in inflight:
+        for handle, _, _ in inflight:
             handle.cancel()
         if report is not None:
             report.close(False)

@@ -14,6 +14,7 @@ parent's, so such objects must travel by value).
 from __future__ import annotations
 
 import mmap
+import operator
 import os
 import pickle
 import sys
@@ -23,15 +24,17 @@ from typing import Any, Callable
 import cloudpickle
 
 from . import _core
-from ._errors import TaskError, WorkerCrashedError
+from ._errors import TaskError, WorkerCrashedError, add_note
 from ._validate import check_int
 
 #: Buffers (bytes, bytearray, NumPy arrays...) at least this large travel in
 #: shared memory instead of through the socket.
 OOB_THRESHOLD = 64 * 1024
 
-#: Containers with more items than this are not searched for large bytes.
-_SCAN_LIMIT = 64
+#: How many items of lists, tuples and dicts one search for large bytes looks
+#: at, at any depth: plenty for the arguments of a call, and a bound on the
+#: time spent on long containers, which are not searched.
+_SCAN_BUDGET = 256
 
 #: Upper bound on worker processes; more is almost surely a mistake.
 MAX_WORKERS = 1024
@@ -132,29 +135,87 @@ class _LargeBytes:
         return (bytes, (pickle.PickleBuffer(self.data),))
 
 
-def _wrap_large(obj: Any, depth: int = 0) -> Any:
-    """Returns obj with large bytes in it (near the top) wrapped in _LargeBytes."""
-    kind = type(obj)
-    if kind is bytes:
-        return _LargeBytes(obj) if len(obj) >= OOB_THRESHOLD else obj
-    if depth >= 2:
+#: The types ``_wrap_large`` looks at: what it wraps and what it looks inside.
+_SEARCHED = frozenset((bytes, tuple, list, dict))
+
+
+class _Cyclic(Exception):
+    """A container reached again while it is being searched: it contains itself."""
+
+
+class _LargeBytesSearch:
+    """One search of an object for large bytes; see ``_wrap_large``."""
+
+    __slots__ = ("budget", "done", "path")
+
+    def __init__(self) -> None:
+        self.budget = _SCAN_BUDGET
+        # Ids of the containers being searched, to notice one inside itself.
+        self.path: set[int] = set()
+        # id -> (object, replacement) for what was searched already: an object
+        # reached twice gets one replacement, so pickle still sends it once.
+        # Holding the object keeps its id from being reused during the search.
+        self.done: dict[int, tuple] = {}
+
+    def replace(self, obj: Any) -> Any:
+        """Returns obj, or what pickles in its place."""
+        kind = type(obj)
+        if kind not in _SEARCHED or (kind is bytes and len(obj) < OOB_THRESHOLD):
+            return obj
+        key = id(obj)
+        hit = self.done.get(key)
+        if hit is not None:
+            return hit[1]
+        if key in self.path:
+            raise _Cyclic
+        if kind is bytes:
+            new: Any = _LargeBytes(obj)
+        elif len(obj) > self.budget:
+            new = obj  # too long to search: leave it, and the budget, for the rest
+        else:
+            self.budget -= len(obj)
+            values = obj.values() if kind is dict else obj
+            if _SEARCHED.isdisjoint(map(type, values)):
+                new = obj  # the common case, found without a call per item
+            else:
+                # map(), not a comprehension: before Python 3.12 that would be
+                # two frames per level of nesting instead of one.
+                self.path.add(key)
+                items = list(map(self.replace, values))
+                self.path.discard(key)
+                if not any(map(operator.is_not, items, values)):
+                    new = obj
+                elif kind is dict:
+                    new = dict(zip(obj, items))
+                else:
+                    new = items if kind is list else tuple(items)
+        self.done[key] = (obj, new)
+        return new
+
+
+def _wrap_large(obj: Any) -> Any:
+    """Returns obj with the large bytes in it wrapped in ``_LargeBytes``.
+
+    Lists, tuples and dicts (those exact types, which can be rebuilt as they
+    were) are searched at any depth, but no more than ``_SCAN_BUDGET`` of their
+    items in all, so that the search stays cheap next to the pickling: a
+    container with more items than the budget has left is not entered. What
+    changed is copied; obj itself comes back when nothing did.
+
+    Large bytes still travel in-band when they are past the budget, are dict
+    keys, or are inside any other object (a set, an instance, a subclass of
+    list). Nothing is wrapped if a searched container contains itself (a copy
+    would leave the cycle running through the original) or if the nesting is
+    deeper than the interpreter's recursion limit allows. And a copied
+    container that is also referenced from a place the search did not enter
+    arrives as two objects, the copy and the original.
+    """
+    if type(obj) not in _SEARCHED:
         return obj
-    # TODO: bytes deeper than two levels of list/tuple/dict, or inside other
-    # objects, go in-band through the socket; a persistent_id pickler would
-    # catch all of them but costs a Python call per pickled object.
-    if kind is tuple or kind is list:
-        if len(obj) > _SCAN_LIMIT:
-            return obj
-        items = [_wrap_large(x, depth + 1) for x in obj]
-        if all(a is b for a, b in zip(items, obj)):
-            return obj
-        return kind(items)
-    if kind is dict and len(obj) <= _SCAN_LIMIT:
-        out = {k: _wrap_large(v, depth + 1) for k, v in obj.items()}
-        if all(out[k] is v for k, v in obj.items()):
-            return obj
-        return out
-    return obj
+    try:
+        return _LargeBytesSearch().replace(obj)
+    except (_Cyclic, RecursionError):
+        return obj
 
 
 def _dumps(obj: Any, out_of_band: bool = True) -> tuple[bytes, list]:
@@ -259,7 +320,9 @@ def _encode_call(fn: Callable[..., Any], args: tuple, kwargs: dict | None,
     """Pickles a call for a worker (the parent side of ``_decode_call``)."""
     if dep_results is not None:
         args = (dep_results, *args)
-    return _dumps((_dumps_fn(fn), _wrap_large(args), _wrap_large(kwargs)))
+    # One search for both, so that an object in each is still one object.
+    args, kwargs = _wrap_large((args, kwargs))
+    return _dumps((_dumps_fn(fn), args, kwargs))
 
 
 def _decode_call(payload: bytes, fds: list, functions: dict) -> tuple:
@@ -362,15 +425,7 @@ def _run_chunk(fn: Callable[[Any], Any], items: list, base: int) -> list:
         for item in items:
             append(fn(item))
     except BaseException as exc:
-        note = f"raised by parallel_map item {base + len(out)}"
-        notes = getattr(exc, "__notes__", None)
-        if isinstance(notes, list):
-            notes.append(note)
-        else:
-            try:
-                exc.__notes__ = [note]
-            except Exception:
-                pass
+        add_note(exc, f"raised by parallel_map item {base + len(out)}")
         raise
     return out
 

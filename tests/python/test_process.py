@@ -1,13 +1,17 @@
 """The process backend: tasks that run in worker processes (API §10)."""
 
 import os
+import pickle
+import re
 import signal
 import sys
 import threading
 import time
 
-import makeParallel as mp
 import pytest
+
+import makeParallel as mp
+from makeParallel import _process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,6 +48,12 @@ def stamp(tag):
 
 def exit_hard(code):
     os._exit(code)
+
+
+def exit_on_500(x):
+    if x == 500:
+        os._exit(3)
+    return x
 
 
 def segfault():
@@ -239,6 +249,97 @@ def test_bytearray_and_numpy_round_trip():
     blob = bytearray(b"x" * 200_000)
     out = mp.parallel(backend="process")(echo)(blob).get(timeout=WAIT)
     assert type(out) is bytearray and out == blob
+
+
+# ---- large bytes nested in arguments and results go out of band
+
+
+def big(tag):
+    """Bytes just large enough to travel out of band."""
+    return bytes([tag]) * _process.OOB_THRESHOLD
+
+
+def deep(levels, value):
+    for i in range(levels):
+        value = [value] if i % 2 else (value,)
+    return value
+
+
+NESTED = {
+    "list in a list in a dict": {"a": [[big(1)]]},
+    "tuple in a list in a dict": {"k": [0, (1, big(2))]},
+    "fifty levels down": deep(50, big(3)),
+    "after a long list": (list(range(1000)), {"data": big(4)}),
+    "after many short lists": ([[i] for i in range(100)], [[big(5)]]),
+}
+
+
+def sent_out_of_band(data, buffers):
+    """The payload is small and each large bytes object went as a buffer."""
+    return len(data) < _process.OOB_THRESHOLD and all(
+        b.nbytes >= _process.OOB_THRESHOLD for b in buffers
+    )
+
+
+@pytest.mark.parametrize("value", NESTED.values(), ids=NESTED.keys())
+def test_nested_large_bytes_go_out_of_band(value):
+    data, buffers = _process._encode_call(echo, (value,), None, None)
+    assert len(buffers) == 1 and sent_out_of_band(data, buffers)
+    _fn, args, _kwargs = pickle.loads(data, buffers=buffers)
+    assert args == (value,)
+
+    data, buffers = _process._encode_call(echo, (), {"value": value}, None)
+    assert len(buffers) == 1 and sent_out_of_band(data, buffers)
+
+    data, buffers = _process._encode_result(value)
+    assert len(buffers) == 1 and sent_out_of_band(data, buffers)
+    assert pickle.loads(data, buffers=buffers) == value
+
+
+def test_nested_large_bytes_round_trip_through_a_worker():
+    f = mp.parallel(backend="process")(echo)
+    for value in NESTED.values():
+        assert f(value).get(timeout=WAIT) == value
+
+
+def test_search_for_large_bytes_returns_what_it_does_not_change():
+    value = {"a": [[b"small", (1, 2.0)]], "b": ("s", None), "c": list(range(1000))}
+    args = (value, [value])
+    assert _process._wrap_large(value) is value
+    assert _process._wrap_large(args) is args
+
+
+def test_wrapped_containers_keep_their_types_and_what_they_share():
+    shared = [big(6)]
+    value = ((shared, {"s": shared}), [shared, ()])
+    data, buffers = _process._encode_result(value)
+    assert len(buffers) == 1 and sent_out_of_band(data, buffers)
+    back = pickle.loads(data, buffers=buffers)
+    assert back == value
+    assert type(back[0]) is tuple and type(back[0][1]) is dict
+    assert type(back[1]) is list and type(back[1][1]) is tuple
+    assert back[0][0] is back[0][1]["s"] is back[1][0]
+
+
+def test_long_container_is_not_searched_but_what_follows_it_is():
+    long = [big(7)] * (_process._SCAN_BUDGET + 1)
+    after = big(8)
+    _data, buffers = _process._encode_call(echo, (long, [[after]]), None, None)
+    assert [bytes(b) for b in buffers] == [after]
+
+
+def test_self_referencing_containers_keep_their_cycles():
+    loop = [big(9)]
+    loop.append(loop)
+    table = {"data": big(10)}
+    table["self"] = [table]
+    value = (loop, table)
+    data, buffers = _process._encode_call(echo, (value,), None, None)
+    _fn, (sent,), _kwargs = pickle.loads(data, buffers=buffers)
+    back = mp.parallel(backend="process")(echo)(value).get(timeout=WAIT)
+    for copy in (sent, back):
+        assert copy[0][1] is copy[0] and copy[0][0] == loop[0]
+        assert copy[1]["self"][0] is copy[1] and copy[1]["data"] == table["data"]
 
 
 # ---- crashes, cancellation, timeouts
@@ -496,6 +597,20 @@ def test_parallel_map_with_processes_keeps_order_and_reports_the_item():
         mp.parallel_map(lambda x: 1 / (x - 300), range(1000), chunksize=64,
                         backend="process")
     assert "item 300" in " ".join(getattr(info.value, "__notes__", []))
+
+
+def test_parallel_map_names_the_items_whose_worker_died():
+    with pytest.raises(mp.WorkerCrashedError) as info:
+        mp.parallel_map(exit_on_500, range(1000), chunksize=64, backend="process")
+    assert info.value.exitcode == 3
+    notes = getattr(info.value, "__notes__", [])
+    ranges = [
+        (int(first), int(last))
+        for note in notes
+        for first, last in re.findall(r"items (\d+) to (\d+)", note)
+    ]
+    assert any(first <= 500 <= last for first, last in ranges), notes
+    assert mp.parallel_map(double, range(5), backend="process") == [0, 2, 4, 6, 8]
 
 
 def test_priorities_order_with_one_worker():
