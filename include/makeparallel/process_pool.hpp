@@ -16,7 +16,9 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <unordered_map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -190,6 +192,46 @@ class worker_pool {
   size_t busy_ = 0;
   size_t waiting_ = 0;
   bool closed_ = false;
+};
+
+/// Runs a handler, once, when one of two descriptors becomes readable: how replies that
+/// nobody is waiting for get collected (a worker's socket, and its slot's wake-up for a
+/// kill request). One thread, started on first use, sleeps in epoll_wait for all of them.
+/// A waiter that wants to read the descriptors itself disarms them first; exactly one of
+/// the two, the handler or that waiter, then owns the reads. Thread-safe.
+class reply_watcher {
+ public:
+  reply_watcher();
+  /// Stops the thread; handlers not run by then never run.
+  ~reply_watcher();
+  reply_watcher(const reply_watcher&) = delete;
+  reply_watcher& operator=(const reply_watcher&) = delete;
+
+  /// Runs `on_ready` on the watcher's thread once `fd` or `fd2` is readable or hung up,
+  /// unless disarm(key) comes first. `key` (a task id, not 0) names the arm; a descriptor
+  /// belongs to at most one arm at a time. The handler must not block for long: every other
+  /// arm waits meanwhile. Throws std::system_error.
+  void arm(uint64_t key, int fd, int fd2, std::function<void()> on_ready);
+  /// Cancels the arm `key`. True: the handler will never run and the caller owns the
+  /// reads; false: the handler ran or runs now, or there is no such arm.
+  bool disarm(uint64_t key);
+
+ private:
+  struct watch {
+    int fds[2];
+    std::function<void()> on_ready;
+  };
+  void run();
+  /// Removes the arm's descriptors from the epoll set. Under mu_.
+  void forget_locked(const watch& w) noexcept;
+
+  ipc::unique_fd epoll_;
+  ipc::unique_fd stop_;  // an eventfd that ends the thread; its epoll key is 0
+  std::mutex mu_;
+  std::condition_variable exited_cv_;
+  std::unordered_map<uint64_t, watch> armed_;
+  bool started_ = false;
+  bool exited_ = false;
 };
 
 }  // namespace mp

@@ -1,17 +1,20 @@
 // The process backend: tasks whose code runs in worker processes.
 //
-// A dedicated priority-ordered executor runs process tasks; each of its threads owns one
-// worker process (spawned on the thread's first task, replaced when it dies). A task's
-// execute() pickles the call with the GIL (via makeParallel._process), releases the GIL
-// only around the blocking socket I/O, then unpickles the reply with the GIL and finishes
-// like any task. Cancelling or timing out a running process task wakes its owner thread
-// through the thread's eventfd; the owner then terminates the worker (SIGTERM, a short
-// grace period, SIGKILL) and reaps it, and the next task gets a fresh worker.
+// Worker processes live in the core's worker_pool: one slot per allowed worker, each slot
+// keeping its process between tasks. A task's execute() pickles the call with the GIL (via
+// makeParallel._process), sends it, waits for the reply with the GIL released, then
+// unpickles the reply with the GIL and finishes like any task. The thread that does so is
+// an executor thread (which took a slot before it took the task), or the caller itself:
+// a task submitted while a worker is idle and nothing is queued is sent at once by the
+// submitting thread, and a caller waiting in get() for it reads the reply itself; if no
+// one waits, the core's reply_watcher notices the reply and a thread of the thread cache
+// collects it. Cancelling or timing out a running process task wakes whoever waits for
+// its reply through the slot's eventfd; that thread terminates the worker (SIGTERM, a
+// short grace period, SIGKILL) and reaps it, and the slot's next holder starts a fresh one.
 //
 // The same module also serves the worker side (makeParallel._worker): receiving calls,
 // sending replies, and forwarding report_progress to the parent.
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <nanobind/stl/vector.h>
@@ -73,6 +76,16 @@ mp::worker_pool& worker_pool() {
   if (mp::worker_pool* p = g_pool.load(std::memory_order_acquire)) return *p;
   std::lock_guard<std::mutex> lk(g_exec_mu);
   return pool_locked();
+}
+
+std::atomic<mp::reply_watcher*> g_replies{nullptr};
+
+/// The reply watcher, created on first use.
+mp::reply_watcher& replies() {
+  if (mp::reply_watcher* w = g_replies.load(std::memory_order_acquire)) return *w;
+  std::lock_guard<std::mutex> lk(g_exec_mu);
+  if (!g_replies.load()) g_replies.store(new mp::reply_watcher);
+  return *g_replies.load();
 }
 
 /// Returns a slot to the pool and tells the executors, whose threads may wait for one.
@@ -216,6 +229,7 @@ struct claimed_start {
   mp::worker_slot* slot = nullptr;
   std::shared_ptr<py_task> self;
   std::optional<mp::clock::time_point> deadline;  // when the caller stops waiting
+  bool send_only = false;  // the submitting thread: send, then leave the reply to others
 };
 thread_local claimed_start t_claimed;
 
@@ -239,8 +253,13 @@ class process_task final : public py_task {
     if (!running()) return;
     // Pairs with the fence in execute(): either we see the slot, or it sees the cancel.
     std::atomic_thread_fence(std::memory_order_seq_cst);
+    // Whoever waits for the reply (a thread, or the reply watcher) also watches for this.
     if (mp::worker_slot* s = slot_.load()) s->request_kill(id());
   }
+
+  /// Sends the call from the submitting thread, which must own a free `slot`; the reply is
+  /// left to whoever waits for it, or to the reply watcher. GIL held.
+  void send_now(const std::shared_ptr<py_task>& self, mp::worker_slot* slot);
 
   bool run_here(const std::shared_ptr<py_task>& self,
                 const std::optional<mp::clock::time_point>& deadline) override;
@@ -260,9 +279,20 @@ class process_task final : public py_task {
   ending await_reply(mp::worker_slot& slot, ipc::frame& reply, std::string& why,
                      PyThreadState*& ts, bool interruptible,
                      const std::optional<mp::clock::time_point>& deadline = std::nullopt);
-  /// Passes the wait for the reply on `slot` to a thread of the thread cache; false if no
-  /// thread could take it. GIL held.
-  bool hand_over_wait(const std::shared_ptr<py_task>& self, mp::worker_slot* slot);
+  /// Hands the wait for the reply on `slot` to the reply watcher; false if it refused.
+  bool watch_reply(const std::shared_ptr<py_task>& self, mp::worker_slot* slot);
+  /// Takes the wait for the reply back from the reply watcher; the slot, or null if the
+  /// watcher collects it (or nothing is watched).
+  mp::worker_slot* take_watch();
+  /// The reply watcher's handler: collects the reply on `slot` on a thread of the thread
+  /// cache (or, if none can be started, on the watcher's own thread).
+  static void collect_elsewhere(const std::shared_ptr<py_task>& self, mp::worker_slot* slot);
+  /// After the call was sent: waits for the reply (as await_reply) and concludes, or if the
+  /// waiting caller stops first (signal, deadline) hands the wait to the watcher. GIL
+  /// released (`ts` saved) on entry; `how` is the send's result.
+  void wait_and_conclude(const std::shared_ptr<py_task>& self, mp::worker_slot* slot,
+                         encoded_call& call, ending how, PyThreadState* ts, bool on_executor,
+                         const std::optional<mp::clock::time_point>& deadline);
   /// Ends the exchange on `slot` as `how`: stops a worker that was killed or broke, gives the
   /// slot back, takes the GIL back and publishes the outcome. GIL released on entry.
   void conclude(mp::worker_slot* slot, encoded_call& call, ending how, ipc::frame& reply,
@@ -276,6 +306,8 @@ class process_task final : public py_task {
   PyObject* args_;
   PyObject* kwargs_;
   std::atomic<mp::worker_slot*> slot_{nullptr};
+  // The slot whose reply the reply watcher waits for, armed with this task's id as key.
+  std::atomic<mp::worker_slot*> watched_{nullptr};
   bool cancelled_early_ = false;
 };
 
@@ -377,32 +409,66 @@ process_task::ending process_task::await_reply(mp::worker_slot& slot, ipc::frame
   }
 }
 
-bool process_task::hand_over_wait(const std::shared_ptr<py_task>& self,
-                                  mp::worker_slot* slot) {
+bool process_task::watch_reply(const std::shared_ptr<py_task>& self,
+                               mp::worker_slot* slot) {
+  watched_.store(slot);
   try {
-    rt().get(mp::place::cache).submit(std::make_shared<mp::function_task>([self, slot] {
-      static_cast<process_task&>(*self).resume(slot);
-      return mp::outcome::done;
-    }));
+    replies().arm(id(), slot->proc->socket(), slot->wake_fd(),
+                  [self, slot] { collect_elsewhere(self, slot); });
   } catch (const std::exception&) {
+    watched_.store(nullptr);
     return false;
   }
-  hand_over();
   return true;
+}
+
+mp::worker_slot* process_task::take_watch() {
+  mp::worker_slot* slot = watched_.load();
+  if (!slot || !replies().disarm(id())) return nullptr;
+  watched_.store(nullptr);
+  return slot;
+}
+
+void process_task::collect_elsewhere(const std::shared_ptr<py_task>& self,
+                                     mp::worker_slot* slot) {
+  auto& task = static_cast<process_task&>(*self);
+  task.watched_.store(nullptr);
+  auto job = std::make_shared<mp::function_task>([self, slot] {
+    static_cast<process_task&>(*self).resume(slot);
+    return mp::outcome::done;
+  });
+  try {
+    rt().get(mp::place::cache).submit(job);
+  } catch (const std::exception&) {
+    // No thread can be started: collect here, taking the GIL like a worker thread does.
+    g_hooks->enter();
+    job->run();
+    g_hooks->leave();
+  }
 }
 
 bool process_task::run_here(const std::shared_ptr<py_task>& self,
                             const std::optional<mp::clock::time_point>& deadline) {
   if (deadline && *deadline <= mp::clock::now()) return false;  // a look, not a wait
+  if (g_exiting.load(std::memory_order_acquire)) return false;
+  // Sent already, and nobody waits for the reply yet: wait for it here.
+  if (mp::worker_slot* slot = take_watch()) {
+    PyThreadState* ts = PyEval_SaveThread();
+    encoded_call none;
+    wait_and_conclude(self, slot, none, ending::sent, ts, false, deadline);
+    if (PyErr_Occurred()) throw nb::python_error();  // a signal came while waiting
+    return true;
+  }
+  // Still queued: start it here if it is alone there and a worker is idle.
   auto* ex = dynamic_cast<mp::executor*>(queue_owner());
-  if (!ex || g_exiting.load(std::memory_order_acquire)) return false;
+  if (!ex) return false;
   mp::worker_slot* slot = worker_pool().try_acquire();
   if (!slot) return false;
   if (!ex->claim_if_alone(*this)) {
     give_back(slot);
     return false;
   }
-  t_claimed = {slot, self, deadline};
+  t_claimed = {slot, self, deadline, false};
   run();  // a cancel that won the race leaves the task dropped: run() does nothing then
   if (t_claimed.slot) {
     give_back(t_claimed.slot);
@@ -412,8 +478,18 @@ bool process_task::run_here(const std::shared_ptr<py_task>& self,
   return true;
 }
 
+void process_task::send_now(const std::shared_ptr<py_task>& self, mp::worker_slot* slot) {
+  t_claimed = {slot, self, std::nullopt, true};
+  run();
+  if (t_claimed.slot) {  // dropped before it could start (cancelled at once)
+    give_back(t_claimed.slot);
+    t_claimed = {};
+  }
+}
+
 void process_task::execute() {
-  // Started by a caller waiting in get() (with a slot already), or by an executor thread.
+  // Started by an executor thread, by a caller waiting in get(), or by the submitting
+  // thread (the last two came with a slot).
   claimed_start claimed = std::exchange(t_claimed, claimed_start{});
   const bool on_executor = claimed.slot == nullptr;
   mp::worker_slot* slot = on_executor ? std::exchange(t_reserved, nullptr) : claimed.slot;
@@ -463,24 +539,42 @@ void process_task::execute() {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   cancelled_early_ = cancel_requested();
 
-  ipc::frame reply;
   std::string why;
   PyThreadState* ts = PyEval_SaveThread();
-  ending how = cancelled_early_ ? ending::killed : send(*slot, call, why);
-  // A caller waiting in get() stays responsive to Ctrl-C; executor threads block signals.
-  const bool interruptible = !on_executor;
-  if (how == ending::sent) {
-    how = await_reply(*slot, reply, why, ts, interruptible, claimed.deadline);
+  const ending how = cancelled_early_ ? ending::killed : send(*slot, call, why);
+  if (how == ending::sent && claimed.send_only) {
+    PyEval_RestoreThread(ts);
+    call.release();
+    if (watch_reply(claimed.self, slot)) {
+      hand_over();
+      return;
+    }
+    ts = PyEval_SaveThread();  // the watcher refused: wait here after all
   }
+  wait_and_conclude(claimed.self, slot, call, how, ts, on_executor, claimed.deadline);
+}
+
+void process_task::wait_and_conclude(const std::shared_ptr<py_task>& self,
+                                      mp::worker_slot* slot, encoded_call& call, ending how,
+                                      PyThreadState* ts, bool on_executor,
+                                      const std::optional<mp::clock::time_point>& deadline) {
+  ipc::frame reply;
+  std::string why;
+  // A caller waiting in get() stays responsive to Ctrl-C; executor threads block signals.
+  const bool interruptible = !on_executor && self != nullptr;
+  if (how == ending::sent) how = await_reply(*slot, reply, why, ts, interruptible, deadline);
   while (how == ending::interrupted) {
     PyEval_RestoreThread(ts);
     const bool signalled = PyErr_CheckSignals() != 0;
-    if (signalled || (claimed.deadline && *claimed.deadline <= mp::clock::now())) {
+    if (signalled || (deadline && *deadline <= mp::clock::now())) {
       // The caller stops waiting (its get() raises KeyboardInterrupt or TimeoutError), but
-      // the task goes on: a thread of the thread cache waits for the reply and finishes it.
+      // the task goes on: the reply watcher takes over the wait.
       call.release();
-      if (hand_over_wait(claimed.self, slot)) return;
-      // No thread to take it: wait here after all, and raise the signal's error after.
+      if (watch_reply(self, slot)) {
+        if (mp::task::current() == this) hand_over();
+        return;
+      }
+      // The watcher refused: wait here after all, and raise the signal's error after.
       PyObject* exc = signalled ? fetch_exception() : nullptr;
       ts = PyEval_SaveThread();
       how = await_reply(*slot, reply, why, ts, false);
@@ -492,7 +586,7 @@ void process_task::execute() {
       return;
     }
     ts = PyEval_SaveThread();
-    how = await_reply(*slot, reply, why, ts, true, claimed.deadline);
+    how = await_reply(*slot, reply, why, ts, true, deadline);
   }
   conclude(slot, call, how, reply, why, ts, on_executor);
 }
@@ -615,6 +709,12 @@ nb::object worker_recv(int fd) {
   ipc::io_result r;
   {
     nb::gil_scoped_release nogil;
+    // Sleep in poll(), not in the read: a thread blocked reading a Unix socket is also
+    // woken each time the parent drains our last reply (to tell writers there is room),
+    // which costs a wake-up per task; poll() only wakes us for input.
+    pollfd p{fd, POLLIN, 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
     r = ipc::recv_frame(fd, f);
   }
   if (r.status == ipc::io_status::eof) return nb::none();
@@ -665,11 +765,20 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
   try {
     if (t->deps.empty()) {
       rt().adopt(t, timeout);
-      try {
-        ex.submit(t, priority, true);
-      } catch (...) {
-        t->cancel();  // counted but never to run: keep the books straight
-        throw;
+      // A worker is idle and nothing waits before this task: send it from here, so that no
+      // other thread has to wake up for it. Priority tasks always go through their queue,
+      // whose workers decide how many of them run at once.
+      mp::worker_slot* slot = nullptr;
+      if (!prioritized && ex.info().queued_tasks == 0) slot = worker_pool().try_acquire();
+      if (slot) {
+        t->send_now(t, slot);
+      } else {
+        try {
+          ex.submit(t, priority, true);
+        } catch (...) {
+          t->cancel();  // counted but never to run: keep the books straight
+          throw;
+        }
       }
     } else {
       submit_after(t, timeout, [t, priority, prioritized] {
@@ -727,6 +836,7 @@ void process_after_fork() {
   g_exec.store(nullptr);
   g_prio_exec.store(nullptr);
   g_pool.store(nullptr);
+  g_replies.store(nullptr);
   g_worker_task.store(0);
 }
 

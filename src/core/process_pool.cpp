@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -398,6 +399,91 @@ size_t worker_pool::busy() const {
 size_t worker_pool::waiting() const {
   std::lock_guard<std::mutex> lk(mu_);
   return waiting_;
+}
+
+reply_watcher::reply_watcher()
+    : epoll_(::epoll_create1(EPOLL_CLOEXEC)), stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+  if (!epoll_) throw_errno(errno, "epoll_create1");
+  if (!stop_) throw_errno(errno, "eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, stop_.get(), &ev) != 0) {
+    throw_errno(errno, "epoll_ctl");
+  }
+}
+
+reply_watcher::~reply_watcher() {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!started_) return;
+  const uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(stop_.get(), &one, sizeof one);
+  exited_cv_.wait(lk, [this] { return exited_; });
+}
+
+void reply_watcher::arm(uint64_t key, int fd, int fd2, std::function<void()> on_ready) {
+  if (key == 0) throw std::invalid_argument("reply_watcher::arm: key 0 is reserved");
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!started_) {
+    start_thread("mp-replies", 0, [this] { run(); });
+    started_ = true;
+  }
+  watch w{{fd, fd2}, std::move(on_ready)};
+  epoll_event ev{};
+  ev.events = EPOLLIN;  // EPOLLHUP and EPOLLERR are always reported
+  ev.data.u64 = key;
+  // Every path that ends an arm removes its descriptors, so they are not registered here.
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno(errno, "epoll_ctl");
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd2, &ev) != 0) {
+    const int err = errno;
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+    throw_errno(err, "epoll_ctl");
+  }
+  armed_[key] = std::move(w);
+}
+
+void reply_watcher::forget_locked(const watch& w) noexcept {
+  // Removed rather than disabled: a descriptor may be closed, and its number reused, later.
+  for (int fd : w.fds) ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+}
+
+bool reply_watcher::disarm(uint64_t key) {
+  std::lock_guard<std::mutex> lk(mu_);
+  auto it = armed_.find(key);
+  if (it == armed_.end()) return false;
+  forget_locked(it->second);
+  armed_.erase(it);
+  return true;
+}
+
+void reply_watcher::run() {
+  epoll_event events[16];
+  bool stop = false;
+  while (!stop) {
+    const int n = ::epoll_wait(epoll_.get(), events, 16, -1);
+    if (n < 0 && errno != EINTR) break;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t key = events[i].data.u64;
+      if (key == 0) {
+        stop = true;
+        continue;
+      }
+      std::function<void()> handler;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = armed_.find(key);
+        // Gone: disarmed by its waiter, or this is its second descriptor's event.
+        if (it == armed_.end()) continue;
+        forget_locked(it->second);
+        handler = std::move(it->second.on_ready);
+        armed_.erase(it);
+      }
+      handler();
+    }
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  exited_ = true;
+  exited_cv_.notify_all();
 }
 
 }  // namespace mp

@@ -2,17 +2,22 @@
 // the two task hand-offs the process backend relies on: a caller claiming a queued task to
 // run it itself, and a running task handed over to another thread.
 #include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <latch>
 #include <memory>
+#include <mutex>
+#include <utility>
 #include <thread>
 #include <vector>
 
 #include "check.hpp"
 #include "makeparallel/executor.hpp"
 #include "makeparallel/process_pool.hpp"
+#include "makeparallel/transport.hpp"
 #include "task_helpers.hpp"
 
 namespace {
@@ -233,6 +238,185 @@ TEST_CASE(claiming_races_with_workers_and_cancels_without_running_anything_twice
     // Every task that was not cancelled ran exactly once, wherever it ran.
     if (tasks[static_cast<size_t>(i)]->get_outcome() == mp::outcome::done) CHECK_EQ(r, 1);
   }
+}
+
+/// A connected socket pair and an eventfd, as a worker's socket and its slot's wake-up.
+struct watched_pair {
+  mp::ipc::unique_fd ours, theirs;
+  mp::ipc::unique_fd wake{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+  watched_pair() { mp::ipc::make_socket_pair(ours, theirs); }
+  void reply() const { CHECK(::write(theirs.get(), "r", 1) == 1); }
+  void kill_request() const {
+    const uint64_t one = 1;
+    CHECK(::write(wake.get(), &one, sizeof one) == static_cast<ssize_t>(sizeof one));
+  }
+};
+
+TEST_CASE(the_watcher_runs_a_handler_once_when_either_descriptor_is_readable) {
+  mp::reply_watcher w;
+  watched_pair a, b;
+  std::atomic<int> ran_a{0}, ran_b{0};
+  w.arm(1, a.ours.get(), a.wake.get(), [&] { ran_a.fetch_add(1); });
+  w.arm(2, b.ours.get(), b.wake.get(), [&] { ran_b.fetch_add(1); });
+  a.reply();
+  a.kill_request();  // both readable: still one call
+  b.kill_request();
+  CHECK(check::eventually([&] { return ran_a.load() == 1 && ran_b.load() == 1; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK_EQ(ran_a.load(), 1);
+  CHECK_EQ(ran_b.load(), 1);
+  CHECK(!w.disarm(1));  // already ran
+  // The same descriptors can be armed again under a new key once the handler ran.
+  std::atomic<int> again{0};
+  w.arm(3, a.ours.get(), a.wake.get(), [&] { again.fetch_add(1); });
+  CHECK(check::eventually([&] { return again.load() == 1; }));  // still readable
+}
+
+TEST_CASE(a_disarmed_handler_never_runs_and_an_old_key_disarms_nothing) {
+  mp::reply_watcher w;
+  watched_pair a;
+  std::atomic<int> ran{0};
+  w.arm(7, a.ours.get(), a.wake.get(), [&] { ran.fetch_add(1); });
+  CHECK(w.disarm(7));
+  CHECK(!w.disarm(7));
+  a.reply();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK_EQ(ran.load(), 0);
+  char c = 0;
+  CHECK(::read(a.ours.get(), &c, 1) == 1);  // the disarming side owns the read
+
+  w.arm(8, a.ours.get(), a.wake.get(), [&] { ran.fetch_add(1); });
+  CHECK(!w.disarm(7));  // a stale key leaves the new arm alone
+  a.kill_request();
+  CHECK(check::eventually([&] { return ran.load() == 1; }));
+  CHECK(!w.disarm(8));
+}
+
+TEST_CASE_LIMIT(each_arm_is_either_handled_or_disarmed_never_both_under_races, 120) {
+  mp::reply_watcher w;
+  constexpr int threads = 4, rounds = 2000;
+  std::atomic<int> handled{0}, disarmed{0};
+  std::vector<std::thread> ts;
+  for (int i = 0; i < threads; ++i) {
+    ts.emplace_back([&, i] {
+      watched_pair p;
+      for (int n = 0; n < rounds; ++n) {
+        const uint64_t key = static_cast<uint64_t>(i) * rounds + static_cast<uint64_t>(n) + 1;
+        std::atomic<bool> done{false};
+        w.arm(key, p.ours.get(), p.wake.get(), [&] {
+          handled.fetch_add(1);
+          done.store(true);
+        });
+        p.reply();
+        if (n % 2 == 0 && w.disarm(key)) {
+          disarmed.fetch_add(1);
+        } else {
+          CHECK(check::eventually([&] { return done.load(); }));
+        }
+        char c = 0;
+        CHECK(::read(p.ours.get(), &c, 1) == 1);
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  CHECK_EQ(handled.load() + disarmed.load(), threads * rounds);
+}
+
+/// A gate of `units` shared by executors, as the process backend shares its worker pool.
+class counting_gate final : public mp::task_gate {
+ public:
+  explicit counting_gate(int units) : free_(units) {}
+  std::vector<mp::executor*> executors;
+
+  bool try_take() override {
+    int f = free_.load();
+    while (f > 0 && !free_.compare_exchange_weak(f, f - 1)) {
+    }
+    if (f <= 0) return false;
+    t_held = true;
+    return true;
+  }
+  void after_run() override {
+    if (!std::exchange(t_held, false)) return;
+    free_.fetch_add(1);
+    for (mp::executor* e : executors) e->capacity_freed();
+  }
+
+ private:
+  std::atomic<int> free_;
+  static thread_local bool t_held;
+};
+thread_local bool counting_gate::t_held = false;
+
+TEST_CASE(a_gate_bounds_running_tasks_and_keeps_priority_order_across_threads) {
+  counting_gate gate(1);
+  mp::executor_options o;
+  o.num_threads = 3;  // more threads than units: the gate, not the threads, decides
+  o.priority_order = true;
+  o.gate = &gate;
+  mp::executor ex(o);
+  gate.executors = {&ex};
+  mptest::held_worker blocker;
+  ex.submit(blocker.task, 100);
+  blocker.started.wait();
+
+  std::mutex mu;
+  std::vector<int> order;
+  std::atomic<int> running{0}, most{0};
+  std::vector<std::shared_ptr<mp::function_task>> tasks;
+  for (int p : {1, 5, 3, 5, 0, 4, 2}) {
+    tasks.push_back(make_task([&, p] {
+      const int now = running.fetch_add(1) + 1;
+      int seen = most.load();
+      while (now > seen && !most.compare_exchange_weak(seen, now)) {
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        order.push_back(p);
+      }
+      running.fetch_sub(1);
+    }));
+    ex.submit(tasks.back(), p);
+  }
+  // Idle threads must not take tasks out of the queue while the only unit is held.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK_EQ(ex.info().queued_tasks, size_t{7});
+  blocker.release.count_down();
+  CHECK(mptest::wait_all(tasks));
+  CHECK_EQ(most.load(), 1);
+  CHECK(order == std::vector<int>({5, 5, 4, 3, 2, 1, 0}));
+}
+
+TEST_CASE_LIMIT(executors_sharing_a_gate_under_load_run_every_task_once, 120) {
+  counting_gate gate(2);
+  mp::executor_options o;
+  o.num_threads = 3;
+  o.gate = &gate;
+  mp::executor a(o);
+  o.priority_order = true;
+  mp::executor b(o);
+  gate.executors = {&a, &b};
+  constexpr int n = 4000;
+  std::vector<std::atomic<int>> runs(n);
+  std::atomic<int> running{0}, most{0};
+  std::vector<std::shared_ptr<mp::function_task>> tasks;
+  for (int i = 0; i < n; ++i) {
+    tasks.push_back(make_task([&, i] {
+      const int now = running.fetch_add(1) + 1;
+      int seen = most.load();
+      while (now > seen && !most.compare_exchange_weak(seen, now)) {
+      }
+      runs[static_cast<size_t>(i)].fetch_add(1);
+      running.fetch_sub(1);
+    }));
+    (i % 2 ? a : b).submit(tasks.back(), i % 7);
+    if (i % 500 == 0) a.reconfigure(1 + static_cast<size_t>(i / 500) % 3, 0);
+  }
+  CHECK(mptest::wait_all(tasks));
+  CHECK(most.load() <= 2);
+  int wrong = 0;
+  for (auto& r : runs) wrong += r.load() != 1 ? 1 : 0;
+  CHECK_EQ(wrong, 0);
 }
 
 /// A task whose execute() passes the duty to complete it to a thread of its own.
