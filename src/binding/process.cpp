@@ -297,8 +297,8 @@ class process_task final : public py_task {
   /// slot back, takes the GIL back and publishes the outcome. GIL released on entry.
   void conclude(mp::worker_slot* slot, encoded_call& call, ending how, ipc::frame& reply,
                 const std::string& why, PyThreadState* ts, bool on_executor);
-  /// Finishes, on a thread of the thread cache, a task whose waiting caller was interrupted
-  /// by a signal after the call was sent.
+  /// Waits for the reply on `slot` and finishes the task: the job collect_elsewhere() gives
+  /// a thread of the thread cache. GIL held (or the interpreter is exiting).
   void resume(mp::worker_slot* slot);
   void report_progress(double fraction, PyThreadState*& ts);
 
@@ -541,7 +541,24 @@ void process_task::execute() {
 
   std::string why;
   PyThreadState* ts = PyEval_SaveThread();
-  const ending how = cancelled_early_ ? ending::killed : send(*slot, call, why);
+  ending how = cancelled_early_ ? ending::killed : send(*slot, call, why);
+  if (how == ending::crashed || how == ending::failed) {
+    // The worker died while idle (killed from outside, out of memory): it cannot have run a
+    // call it did not receive whole, so the task gets one fresh worker instead of failing.
+    slot->proc->stop(exit_grace_secs, false);
+    PyEval_RestoreThread(ts);
+    slot->proc.reset();
+    if (!ensure_worker(*slot)) {
+      slot->set_task(0);
+      slot_.store(nullptr);
+      give_back(slot);
+      call.release();
+      finish(nullptr);
+      return;
+    }
+    ts = PyEval_SaveThread();
+    how = send(*slot, call, why);
+  }
   if (how == ending::sent && claimed.send_only) {
     PyEval_RestoreThread(ts);
     call.release();

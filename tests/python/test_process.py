@@ -88,6 +88,12 @@ def raise_unpicklable():
     raise UnpicklableError("holds a lock")
 
 
+def report_later(delay):
+    time.sleep(delay)
+    mp.report_progress(0.5)
+    return "reported"
+
+
 def report_twice():
     mp.report_progress(0.25)
     mp.report_progress(0.75)
@@ -578,6 +584,80 @@ def test_stopped_priority_workers_hold_process_tasks_until_restarted():
     handles[0].get(timeout=WAIT)
     ran = sorted((h.get(timeout=WAIT) for h in handles), key=lambda r: r[1])
     assert [tag for tag, _ in ran] == ["p3", "p2", "p1"]
+
+
+def test_a_worker_killed_while_idle_is_replaced_without_failing_a_task():
+    mp.configure_process_pool(1)
+    f = mp.parallel(backend="process")(pid_of)
+    first = f().get(timeout=WAIT)
+    os.kill(first, signal.SIGKILL)
+    time.sleep(0.3)  # dead (a zombie until the pool reaps it)
+    second = f().get(timeout=WAIT)
+    assert second != first
+    assert f().get() == second
+
+
+def test_a_task_nobody_waits_for_still_reports_progress_and_completes():
+    mp.configure_process_pool(1)
+    f = mp.parallel(backend="process")
+    f(double)(0).get()  # an idle worker: the task below is sent at once
+    seen, done = [], threading.Event()
+    h = f(report_later)(0.3)
+    h.on_progress(seen.append)
+    h.on_complete(lambda value: done.set())
+    assert done.wait(WAIT)  # no get(): the reply is collected in the background
+    assert seen == [0.5]
+    assert h.get() == "reported"
+
+
+def test_threads_racing_to_submit_wait_cancel_and_drop_lose_nothing():
+    mp.configure_process_pool(2)
+    f = mp.parallel(backend="process")
+    dropped = []
+    errors = []
+
+    def client(k):
+        try:
+            for i in range(150):
+                h = f(double)(i)
+                way = (i + k) % 5
+                if way == 0:
+                    assert h.get() == 2 * i
+                elif way == 1:
+                    assert h.get(timeout=WAIT) == 2 * i
+                elif way == 2:  # gives up at once, then waits again
+                    try:
+                        h.get(timeout=0.0001)
+                    except mp.WaitTimeoutError:
+                        pass
+                    assert h.get(timeout=WAIT) == 2 * i
+                elif way == 3:
+                    h.cancel()
+                    try:
+                        assert h.get(timeout=WAIT) == 2 * i
+                    except mp.TaskCancelledError:
+                        pass
+                else:  # nobody waits: collected in the background
+                    dropped.append(h)
+        except BaseException as exc:  # reported below, with its traceback
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 4)
+    assert not errors, errors[0]
+    assert all(h.wait(WAIT) for h in dropped)
+    assert sorted(h.get() for h in dropped) == sorted(
+        2 * i for k in range(6) for i in range(150) if (i + k) % 5 == 4
+    )
+    assert _eventually(
+        lambda: mp.get_process_pool_info()["active_tasks"] == 0
+        and mp.get_process_pool_info()["queued_tasks"] == 0
+    )
+    assert mp.get_process_pool_info()["alive_workers"] <= 2
+    assert f(double)(21).get() == 42
 
 
 # ---- scheduling, metrics, progress, callbacks, dependencies, shutdown
