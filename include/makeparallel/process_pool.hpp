@@ -171,7 +171,6 @@ class worker_pool {
   /// Refuses every acquire from now on and wakes the waiting ones (interpreter exit).
   void close();
 
-  size_t max_workers() const;
   /// Slots held now (tasks running in workers).
   size_t busy() const;
   /// Threads blocked in acquire().
@@ -182,6 +181,9 @@ class worker_pool {
   worker_slot* take_locked();
   /// Takes the processes of idle slots beyond the bound; the caller stops them unlocked.
   std::vector<std::shared_ptr<worker_process>> trim_locked();
+  /// Applies `change` under the lock, then retires the idle workers beyond the bound and
+  /// wakes the waiting acquirers.
+  void reshape(const std::function<void()>& change);
 
   mutable std::mutex mu_;
   std::condition_variable free_cv_;

@@ -364,31 +364,23 @@ std::vector<std::shared_ptr<worker_process>> worker_pool::trim_locked() {
   return procs;
 }
 
-void worker_pool::set_max(size_t max_workers) {
+void worker_pool::reshape(const std::function<void()>& change) {
   std::vector<std::shared_ptr<worker_process>> procs;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    max_ = max_workers;
+    change();
     procs = trim_locked();
     free_cv_.notify_all();
   }
   stop_all_of(procs);
+}
+
+void worker_pool::set_max(size_t max_workers) {
+  reshape([&] { max_ = max_workers; });
 }
 
 void worker_pool::close() {
-  std::vector<std::shared_ptr<worker_process>> procs;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    closed_ = true;
-    procs = trim_locked();
-    free_cv_.notify_all();
-  }
-  stop_all_of(procs);
-}
-
-size_t worker_pool::max_workers() const {
-  std::lock_guard<std::mutex> lk(mu_);
-  return max_;
+  reshape([&] { closed_ = true; });
 }
 
 size_t worker_pool::busy() const {
