@@ -360,10 +360,9 @@ process_task::ending process_task::send(mp::worker_slot& slot, const encoded_cal
   return ending::sent;
 }
 
-process_task::ending process_task::await_reply(mp::worker_slot& slot, ipc::frame& reply,
-                                               std::string& why, PyThreadState*& ts,
-                                               bool interruptible,
-                                               const std::optional<mp::clock::time_point>& deadline) {
+process_task::ending process_task::await_reply(
+    mp::worker_slot& slot, ipc::frame& reply, std::string& why, PyThreadState*& ts,
+    bool interruptible, const std::optional<mp::clock::time_point>& deadline) {
   const int sock = slot.proc->socket();
   pollfd fds[2] = {{sock, POLLIN, 0}, {slot.wake_fd(), POLLIN, 0}};
   for (;;) {
