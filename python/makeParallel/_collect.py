@@ -319,9 +319,10 @@ class ParallelContext:
     be cancelled while running, which for thread tasks is cooperative.
 
     Args:
-        timeout: if given, each task's timeout in seconds (a task not done
-            that long after submission ends as ``"timed_out"``), and also the
-            most the block waits when left. ``None``: no limit.
+        timeout: if given, each task's timeout in seconds: a task not done
+            that long after submission ends as ``"timed_out"``, so leaving the
+            block waits at most that long after the last submission.
+            ``None``: no limit.
 
     Raises:
         TypeError, ValueError: if ``timeout`` is not a positive finite
@@ -400,4 +401,7 @@ class ParallelContext:
                 # the two calls, and is then cancelled cooperatively.
                 if handle.status() == "pending":
                     handle.cancel()
-        wait(handles, timeout=self._timeout)
+        # No limit of its own: with a timeout every task settles by itself at
+        # most that long after it was submitted (a second, separate limit here
+        # would end the wait first whenever the timer thread runs late).
+        wait(handles)

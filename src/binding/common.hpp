@@ -2,6 +2,8 @@
 // Python helpers, and the task types that run Python code. See module.cpp for the GIL rules.
 #pragma once
 
+#include <unistd.h>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -49,6 +51,25 @@ inline exception_types g_exc;
 inline std::atomic<bool> g_exiting{false};
 /// Set while the interpreter shuts down: new submissions are refused.
 inline std::atomic<bool> g_refusing{false};
+/// Threads of Python's between deciding to take the GIL back and holding it (see
+/// restore_thread); the atexit hook waits for them before it lets finalization start.
+inline std::atomic<int> g_reacquiring{0};
+
+/// Takes the GIL back, inside a call from Python, after a blocking section begun with
+/// PyEval_SaveThread(). Once the interpreter is exiting it does not return: the thread
+/// sleeps until the process ends. Before 3.14, CPython ends a thread that asks for the GIL
+/// during finalization with pthread_exit(), whose forced unwind cannot cross the C++ frames
+/// of a bound function (their catch-all handlers turn it into std::terminate, an abort).
+/// Daemon threads are killed at that point anyway; this kills them more quietly.
+inline void restore_thread(PyThreadState* ts) {
+  g_reacquiring.fetch_add(1);
+  if (g_exiting.load()) {
+    if (g_reacquiring.fetch_sub(1) == 1) g_reacquiring.notify_all();
+    for (;;) ::pause();  // ends with the process
+  }
+  PyEval_RestoreThread(ts);
+  if (g_reacquiring.fetch_sub(1) == 1) g_reacquiring.notify_all();
+}
 
 /// Backends of a TaskFunction: 0 = the program's default (below), 1 = threads, 2 = processes.
 enum backend_kind : int { backend_default = 0, backend_thread = 1, backend_process = 2 };
@@ -635,11 +656,9 @@ inline bool wait_for_task(py_task& t, const std::optional<mp::clock::time_point>
   auto ready = [&] { return stopped ? t.settled() && !t.running() : t.settled(); };
   if (ready()) return true;
   for (;;) {
-    mp::wait_status w;
-    {
-      nb::gil_scoped_release nogil;
-      w = stopped ? t.wait_stopped(deadline, true) : t.wait(deadline, true);
-    }
+    PyThreadState* ts = PyEval_SaveThread();
+    const mp::wait_status w = stopped ? t.wait_stopped(deadline, true) : t.wait(deadline, true);
+    restore_thread(ts);
     if (w == mp::wait_status::ready) return true;
     if (w == mp::wait_status::timed_out) return false;
     if (PyErr_CheckSignals() != 0) throw nb::python_error();

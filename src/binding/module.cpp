@@ -40,11 +40,9 @@ void admit(mp::task& t) {
   mp::task_tracker& tracker = rt().tracker();
   if (tracker.limit() == 0) return;
   for (;;) {
-    mp::wait_status w;
-    {
-      nb::gil_scoped_release nogil;
-      w = tracker.admit(std::nullopt, true);
-    }
+    PyThreadState* ts = PyEval_SaveThread();
+    const mp::wait_status w = tracker.admit(std::nullopt, true);
+    restore_thread(ts);
     if (w == mp::wait_status::ready) break;
     if (PyErr_CheckSignals() != 0) throw nb::python_error();
   }
@@ -260,7 +258,12 @@ void at_exit() {
   g_refusing.store(true, std::memory_order_release);
   process_at_exit();  // end and reap the worker processes while the GIL still works
   g_decrefs->drain();
-  g_exiting.store(true, std::memory_order_release);
+  g_exiting.store(true);
+  // Threads that decided to take the GIL back before they could see g_exiting must get it
+  // before finalization starts, or CPython would end them inside our frames.
+  Py_BEGIN_ALLOW_THREADS
+  for (int n = g_reacquiring.load(); n != 0; n = g_reacquiring.load()) g_reacquiring.wait(n);
+  Py_END_ALLOW_THREADS
 }
 
 }  // namespace
@@ -539,11 +542,9 @@ NB_MODULE(_core, m) {
     rt().begin_shutdown(cancel_pending);
     const auto deadline = deadline_from(timeout, "timeout_secs");
     for (;;) {
-      mp::wait_status w;
-      {
-        nb::gil_scoped_release nogil;
-        w = rt().tracker().wait_idle(true, deadline, true);
-      }
+      PyThreadState* ts = PyEval_SaveThread();
+      const mp::wait_status w = rt().tracker().wait_idle(true, deadline, true);
+      restore_thread(ts);
       if (w != mp::wait_status::interrupted) return w == mp::wait_status::ready;
       if (PyErr_CheckSignals() != 0) throw nb::python_error();
     }

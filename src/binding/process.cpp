@@ -172,10 +172,10 @@ bool ensure_worker(mp::worker_slot& slot) {
     try {
       slot.proc = mp::worker_process::spawn(spec);
     } catch (...) {
-      PyEval_RestoreThread(ts);
+      restore_thread(ts);
       throw;
     }
-    PyEval_RestoreThread(ts);
+    restore_thread(ts);
     g_registry->add(slot.proc);
     return true;
   } catch (nb::python_error& e) {
@@ -195,7 +195,7 @@ bool reacquire(PyThreadState* ts, bool on_executor) {
     t_worker.saved = ts;
     return false;
   }
-  PyEval_RestoreThread(ts);
+  restore_thread(ts);
   return true;
 }
 
@@ -328,7 +328,7 @@ void process_task::report_progress(double fraction, PyThreadState*& ts) {
   if (!(fraction >= 0.0 && fraction <= 1.0)) return;
   progress.store(fraction, std::memory_order_relaxed);
   if (!has_progress_callbacks() || g_exiting.load(std::memory_order_acquire)) return;
-  PyEval_RestoreThread(ts);
+  restore_thread(ts);
   // A copy: callbacks may register further callbacks while we iterate.
   PyObject* callbacks = PySequence_List(progress_callbacks());
   if (callbacks) {
@@ -545,7 +545,7 @@ void process_task::execute() {
     // The worker died while idle (killed from outside, out of memory): it cannot have run a
     // call it did not receive whole, so the task gets one fresh worker instead of failing.
     slot->proc->stop(exit_grace_secs, false);
-    PyEval_RestoreThread(ts);
+    restore_thread(ts);
     slot->proc.reset();
     if (!ensure_worker(*slot)) {
       slot->set_task(0);
@@ -559,7 +559,7 @@ void process_task::execute() {
     how = send(*slot, call, why);
   }
   if (how == ending::sent && claimed.send_only) {
-    PyEval_RestoreThread(ts);
+    restore_thread(ts);
     call.release();
     if (watch_reply(claimed.self, slot)) {
       hand_over();
@@ -580,7 +580,7 @@ void process_task::wait_and_conclude(const std::shared_ptr<py_task>& self,
   const bool interruptible = !on_executor && self != nullptr;
   if (how == ending::sent) how = await_reply(*slot, reply, why, ts, interruptible, deadline);
   while (how == ending::interrupted) {
-    PyEval_RestoreThread(ts);
+    restore_thread(ts);
     const bool signalled = PyErr_CheckSignals() != 0;
     if (signalled || (deadline && *deadline <= mp::clock::now())) {
       // The caller stops waiting (its get() raises KeyboardInterrupt or TimeoutError), but
@@ -753,12 +753,14 @@ void worker_report_progress(double fraction) {
   uint64_t bits = 0;
   std::memcpy(&bits, &fraction, sizeof bits);
   const uint64_t task = g_worker_task.load();
+  // Any thread of the task may report, so the GIL comes back through restore_thread().
+  PyThreadState* ts = PyEval_SaveThread();
   ipc::io_result r;
   {
-    nb::gil_scoped_release nogil;
     std::lock_guard<std::mutex> lk(g_worker_send_mu);
     r = ipc::send_frame(g_worker_fd, ipc::frame_kind::progress, task, bits, nullptr, 0);
   }
+  restore_thread(ts);
   if (!r.ok()) raise(PyExc_OSError, "sending progress to the parent failed: " + r.what);
 }
 

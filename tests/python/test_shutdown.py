@@ -360,3 +360,30 @@ def test_exit_completes_tasks_waiting_on_dependencies(run_python):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['second', 'sibling', 'third']"
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_daemon_threads_waiting_at_exit_do_not_crash_the_interpreter(run_python, backend):
+    # Daemon threads blocked in get() (or about to take the GIL back) when the
+    # interpreter finalizes must not turn CPython's thread exit into an abort.
+    result = run_python(
+        f"""
+        import threading, time
+        import makeParallel as mp
+
+        task = mp.parallel_pool(backend={backend!r})(abs)
+
+        def loop():
+            while True:
+                task(-1).get()
+
+        for _ in range(3):
+            threading.Thread(target=loop, daemon=True).start()
+        time.sleep(0.5)
+        print("main done")
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "terminate called" not in result.stderr
+    assert result.stdout.splitlines() == ["main done"]
