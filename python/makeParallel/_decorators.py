@@ -71,9 +71,15 @@ class TaskFunction(_core.TaskFunction):
         _describe(caller, self._fn)
         return caller
 
-    def __reduce__(self) -> str:
-        # Pickle by reference, as the module-level function it replaced would be.
-        return self.__qualname__
+    def __reduce__(self) -> Any:
+        # By reference, as the module-level function it replaced would be; by
+        # value where another process could not look it up (see _by_value).
+        if not _by_value(self):
+            return self.__qualname__
+        return (_rebuild_task_function, (
+            self._fn, self._metrics_name, self._where, self._consume_options,
+            self._timeout, self._priority, self._with_deps, self._backend,
+        ))
 
     def __repr__(self) -> str:
         return f"<TaskFunction {self.__qualname__}>"
@@ -82,11 +88,36 @@ class TaskFunction(_core.TaskFunction):
 class ProfiledFunction(_core.ProfiledFunction):
     """A function whose calls are timed and counted (see ``get_metrics``)."""
 
-    def __reduce__(self) -> str:
-        return self.__qualname__
+    def __reduce__(self) -> Any:
+        if not _by_value(self):
+            return self.__qualname__
+        label = getattr(self, "_metrics_name", None) or function_name(self._fn)
+        return (_rebuild_profiled_function, (self._fn, label))
 
     def __repr__(self) -> str:
         return f"<ProfiledFunction {self.__qualname__}>"
+
+
+def _by_value(wrapper: Any) -> bool:
+    """Whether a wrapper must be pickled by value: defined in ``__main__`` (a
+    worker process's ``__main__`` is another module) or inside a function."""
+    module = getattr(wrapper, "__module__", None)
+    return module == "__main__" or "<locals>" in getattr(wrapper, "__qualname__", "")
+
+
+def _rebuild_task_function(fn: Any, *config: Any) -> TaskFunction:
+    """Unpickles a TaskFunction sent by value (see ``TaskFunction.__reduce__``)."""
+    wrapper = TaskFunction(fn, *config)
+    _describe(wrapper, fn)
+    return wrapper
+
+
+def _rebuild_profiled_function(fn: Any, label: str) -> ProfiledFunction:
+    """Unpickles a ProfiledFunction sent by value."""
+    wrapper = ProfiledFunction(fn, label)
+    _describe(wrapper, fn)
+    wrapper._metrics_name = label
+    return wrapper
 
 
 def _describe(wrapper: Any, func: Callable[..., Any]) -> None:

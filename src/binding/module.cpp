@@ -373,6 +373,7 @@ NB_MODULE(_core, m) {
           "fn"_a, "name"_a, "where"_a, "consume_options"_a, "timeout"_a = nb::none(),
           "priority"_a = nb::none(), "with_deps"_a = false, "backend"_a = 0)
       .def_prop_ro("_with_deps", [](task_function& f) { return f.with_deps; })
+      .def_prop_ro("_consume_options", [](task_function& f) { return f.consume_options; })
       .def_prop_ro("_fn", [](task_function& f) { return f.fn; })
       .def_prop_ro("_metrics_name", [](task_function& f) { return f.name; })
       .def_prop_ro("_where", [](task_function& f) { return f.where; })

@@ -149,6 +149,38 @@ def test_main_module_function(run_python):
     assert result.stderr == ""
 
 
+def test_methods_of_a_main_module_class(run_python):
+    result = run_python(
+        """
+        import makeParallel as mp
+
+        class Counter:
+            def __init__(self, base):
+                self.base = base
+
+            @mp.parallel_pool(backend="process")
+            def add(self, y):
+                return self.base + y
+
+            @classmethod
+            def make(cls, base):
+                return cls(base)
+
+            @mp.profiled
+            def twice(self, y):
+                return 2 * y
+
+        c = Counter.make(10)
+        later = Counter.add.options(timeout=20)(c, 5)
+        print(c.add(4).get(timeout=30), later.get(timeout=30))
+        print(mp.parallel(backend="process")(c.twice)(3).get(timeout=30))
+        """,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["14", "15", "6"]
+
+
 def test_every_decorator_and_options_take_a_backend():
     parent = os.getpid()
     for decorator in (mp.parallel, mp.parallel_pool, mp.parallel_priority):
