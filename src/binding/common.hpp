@@ -51,6 +51,10 @@ inline exception_types g_exc;
 inline std::atomic<bool> g_exiting{false};
 /// Set while the interpreter shuts down: new submissions are refused.
 inline std::atomic<bool> g_refusing{false};
+/// Set when the atexit hook starts: from then on only code running inside a task may
+/// submit (its follow-up work is part of what exit waits for), so that a daemon thread
+/// submitting in a loop cannot keep the interpreter from exiting.
+inline std::atomic<bool> g_exit_started{false};
 /// Threads of Python's between deciding to take the GIL back and holding it (see
 /// restore_thread); the atexit hook waits for them before it lets finalization start.
 inline std::atomic<int> g_reacquiring{0};
@@ -234,6 +238,14 @@ inline void add_note(PyObject* exc, const std::string& note) {
 [[noreturn]] inline void raise(PyObject* type, const std::string& message) {
   PyErr_SetString(type, message.c_str());
   throw nb::python_error();
+}
+
+/// Raises ShutdownError unless new tasks may be submitted from this thread now.
+inline void check_accepting() {
+  if (g_refusing.load(std::memory_order_acquire) ||
+      (g_exit_started.load(std::memory_order_acquire) && mp::task::current() == nullptr)) {
+    raise(g_exc.shutdown, "cannot submit tasks while the interpreter is shutting down");
+  }
 }
 
 inline std::string task_id_string(uint64_t id) { return "task_" + std::to_string(id); }

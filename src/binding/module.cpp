@@ -76,9 +76,7 @@ std::vector<std::shared_ptr<py_task>> parse_dependencies(PyObject* value) {
 
 nb::object submit_call(task_function& f, PyObject* args, PyObject* kwargs, double timeout,
                        int64_t priority, std::vector<std::shared_ptr<py_task>> deps) {
-  if (g_refusing.load(std::memory_order_acquire)) {
-    raise(g_exc.shutdown, "cannot submit tasks while the interpreter is shutting down");
-  }
+  check_accepting();
   g_decrefs->drain();
   auto t = std::make_shared<call_task>(f.name.ptr(), f.fn.ptr(), args, kwargs);
   t->set_metrics(f.metrics);
@@ -231,6 +229,7 @@ py_task* current_py_task() { return dynamic_cast<py_task*>(mp::task::current());
 
 /// Atexit: wait for every task that was not cancelled, then let the interpreter go.
 void at_exit() {
+  g_exit_started.store(true, std::memory_order_release);
   // Queued priority tasks are work the program submitted: run them even if the workers were
   // stopped, rather than wait for them forever.
   if (mp::executor* p = rt().peek(mp::place::priority)) {
@@ -407,6 +406,7 @@ NB_MODULE(_core, m) {
       "_map_chunk",
       [](nb::callable fn, nb::str name, nb::list items, Py_ssize_t base,
          nb::capsule state) {
+        check_accepting();
         auto* st = static_cast<std::shared_ptr<map_state>*>(state.data());
         auto t = std::make_shared<map_chunk_task>(name.ptr(), fn.ptr(), items.ptr(), base, *st);
         rt().submit(t, mp::place::pool);

@@ -767,9 +767,7 @@ void worker_report_progress(double fraction) {
 nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject* kwargs,
                           mp::metrics_entry* metrics, double timeout, int64_t priority,
                           bool prioritized, std::vector<std::shared_ptr<py_task>> deps) {
-  if (g_refusing.load(std::memory_order_acquire)) {
-    raise(g_exc.shutdown, "cannot submit tasks while the interpreter is shutting down");
-  }
+  check_accepting();
   g_decrefs->drain();
   auto t = std::make_shared<process_task>(name, fn, args, kwargs);
   t->set_metrics(metrics);

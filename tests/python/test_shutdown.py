@@ -387,3 +387,34 @@ def test_daemon_threads_waiting_at_exit_do_not_crash_the_interpreter(run_python,
     assert result.returncode == 0, result.stderr
     assert "terminate called" not in result.stderr
     assert result.stdout.splitlines() == ["main done"]
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_daemon_threads_submitting_in_a_loop_do_not_hold_up_exit(run_python, backend):
+    # Exit waits for the work submitted so far, not for a daemon thread that
+    # never stops submitting more: its further submissions are refused.
+    result = run_python(
+        f"""
+        import threading, time
+        import makeParallel as mp
+
+        nap = mp.parallel_pool(backend={backend!r})(time.sleep)
+
+        def loop():
+            while True:
+                nap(0.05).get()
+
+        def mapper():
+            while True:
+                mp.parallel_map(abs, range(100), backend={backend!r})
+
+        for target in (loop, loop, loop, mapper):  # never all idle at once
+            threading.Thread(target=target, daemon=True).start()
+        time.sleep(0.5)
+        print("main done")
+        """,
+        timeout=30,  # a hang fails as subprocess.TimeoutExpired
+    )
+    assert result.returncode == 0, result.stderr
+    assert "terminate called" not in result.stderr
+    assert result.stdout.splitlines() == ["main done"]
