@@ -775,6 +775,8 @@ void process_start_priority(size_t num_workers);
 void process_stop_priority(bool cancel_pending);
 /// True if process tasks wait in the priority queue.
 bool process_priority_queued();
+/// The executor of @parallel_priority process tasks, described (zeros before first use).
+mp::executor_info process_priority_info();
 /// Defines the process backend's module functions.
 void bind_process(nb::module_& m);
 /// At interpreter exit, after the tasks were waited for: ends and reaps every worker.

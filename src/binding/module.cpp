@@ -449,9 +449,15 @@ NB_MODULE(_core, m) {
     process_stop_priority(cancel_pending);
   });
   m.def("_priority_info", [] {
-    nb::dict d = executor_info_dict(mp::place::priority);
+    // Thread and process tasks of @parallel_priority: one queue to the user.
     mp::executor* e = rt().peek(mp::place::priority);
-    d["num_workers"] = e ? e->info().num_threads : 0;
+    const mp::executor_info t = e ? e->info() : mp::executor_info{0, 0, 0, 0, 0, 0, false};
+    const mp::executor_info p = process_priority_info();
+    nb::dict d;
+    d["running"] = t.running || p.running;
+    d["num_workers"] = std::max(t.num_threads, p.num_threads);
+    d["queued_tasks"] = t.queued_tasks + p.queued_tasks;
+    d["active_tasks"] = t.active_tasks + p.active_tasks;
     return d;
   });
 

@@ -830,6 +830,11 @@ void process_stop_priority(bool cancel_pending) {
   if (e) e->stop(cancel_pending);
 }
 
+mp::executor_info process_priority_info() {
+  mp::executor* e = g_prio_exec.load();
+  return e ? e->info() : mp::executor_info{0, 0, 0, 0, 0, 0, false};
+}
+
 bool process_priority_queued() {
   mp::executor* e = g_prio_exec.load();
   return e && e->info().queued_tasks != 0;

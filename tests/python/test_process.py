@@ -612,6 +612,8 @@ def test_stopped_priority_workers_hold_process_tasks_until_restarted():
     time.sleep(0.5)
     assert [h.status() for h in handles] == ["pending"] * 3
     assert mp.get_process_pool_info()["queued_tasks"] == 3
+    info = mp.get_priority_queue_info()  # one priority queue, thread and process tasks
+    assert info["queued_tasks"] == 3 and info["running"] is False
     # Waiting for one starts the workers again; the batch runs in priority order.
     handles[0].get(timeout=WAIT)
     ran = sorted((h.get(timeout=WAIT) for h in handles), key=lambda r: r[1])
