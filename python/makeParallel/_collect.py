@@ -128,7 +128,8 @@ class _Waiter:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._changed.wait(remaining)
+                    # Longer than the lock allows (about 292 years) is forever.
+                    self._changed.wait(min(remaining, threading.TIMEOUT_MAX))
             return True
 
     @property

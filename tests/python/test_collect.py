@@ -384,3 +384,16 @@ def test_helpers_settle_from_other_threads(gate):
     threading.Timer(0.05, gate.open).start()
     assert mp.gather(handles, timeout=WAIT) == [None] * 3
     wait_until(lambda: all(h.status() == "done" for h in handles))
+
+
+def test_waits_accept_timeouts_longer_than_a_lock_can_wait():
+    # threading's locks cannot wait longer than threading.TIMEOUT_MAX; a
+    # longer (still finite) timeout must simply mean "a very long time".
+    nap = mp.parallel(time.sleep)
+    assert mp.gather([nap(0.1)], timeout=1e10) == [None]
+    done, pending = mp.wait([nap(0.1)], timeout=1e12)
+    assert len(done) == 1 and not pending
+    assert [h.get() for h in mp.as_completed([nap(0.1)], timeout=1e10)] == [None]
+    with mp.ParallelContext(timeout=1e10) as ctx:
+        handle = ctx.submit(time.sleep, (0.1,))
+    assert handle.status() == "done"
