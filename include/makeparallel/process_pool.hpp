@@ -76,6 +76,8 @@ class worker_process {
   exit_info stop(double grace_secs, bool sigterm);
   /// Shuts the socket down so the worker sees end of input and exits; does not wait.
   void close_input() noexcept;
+  /// Sends SIGTERM unless the process was reaped already; does not wait.
+  void terminate();
   /// Reaps the process if it has exited, without blocking; nullopt while it runs.
   std::optional<exit_info> poll_exit();
   /// True until the process is known to have exited.
@@ -106,9 +108,9 @@ class process_registry {
   size_t alive();
   /// Pids of the workers still running.
   std::vector<pid_t> pids();
-  /// Stops every recorded worker (end of input, then SIGKILL after `grace_secs`) and
-  /// reaps them. Used at interpreter exit.
-  void stop_all(double grace_secs);
+  /// Stops every recorded worker and reaps them: each is sent SIGTERM (`sigterm`) or sees
+  /// end of input, then SIGKILL after `grace_secs`. Used at interpreter exit.
+  void stop_all(double grace_secs, bool sigterm = false);
 
  private:
   std::vector<std::shared_ptr<worker_process>> live_locked();

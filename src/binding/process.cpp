@@ -847,8 +847,10 @@ void process_at_exit() {
     std::lock_guard<std::mutex> lk(g_exec_mu);
     pool = g_pool.load();
   }
-  if (pool) pool->close();  // idle workers exit; threads waiting for one give up
-  g_registry->stop_all(exit_grace_secs);
+  if (pool) pool->close();  // idle workers see end of input and exit; waiters give up
+  // Workers still busy run tasks that exit does not wait for (cancelled, timed out, or
+  // abandoned with Ctrl-C): end them now rather than after a grace period.
+  g_registry->stop_all(terminate_grace_secs, true);
 }
 
 void process_after_fork() {

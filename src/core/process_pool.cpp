@@ -148,6 +148,11 @@ worker_process::~worker_process() { stop(0.0, false); }
 
 void worker_process::close_input() noexcept { ::shutdown(sock_.get(), SHUT_RDWR); }
 
+void worker_process::terminate() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (!reap_locked(false)) ::kill(pid_, SIGTERM);
+}
+
 bool worker_process::reap_locked(bool block) {
   if (reaped_) return true;
   int status = 0;
@@ -257,18 +262,24 @@ std::vector<pid_t> process_registry::pids() {
   return out;
 }
 
-void process_registry::stop_all(double grace_secs) {
+void process_registry::stop_all(double grace_secs, bool sigterm) {
   std::vector<std::shared_ptr<worker_process>> ws;
   {
     std::lock_guard<std::mutex> lk(mu_);
     ws = live_locked();
   }
   // Tell them all first, so they wind down together and the grace period is paid once.
-  for (auto& w : ws) w->close_input();
+  for (auto& w : ws) {
+    if (sigterm) {
+      w->terminate();
+    } else {
+      w->close_input();
+    }
+  }
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(grace_secs);
   for (auto& w : ws) {
     const std::chrono::duration<double> left = end - std::chrono::steady_clock::now();
-    w->stop(std::fmax(left.count(), 0.0), false);
+    w->stop(std::fmax(left.count(), 0.0), sigterm);
   }
 }
 

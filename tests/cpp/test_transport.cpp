@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -265,6 +266,25 @@ TEST_CASE(registry_stops_every_worker) {
   for (auto& w : ws) {
     const mp::exit_info e = w->stop(0, false);
     CHECK(!e.signalled);
+  }
+}
+
+TEST_CASE(registry_can_end_busy_workers_at_once_with_sigterm) {
+  mp::process_registry reg;
+  std::vector<std::shared_ptr<mp::worker_process>> ws;
+  for (int i = 0; i < 2; ++i) {  // busy: they never read their socket
+    ws.push_back(mp::worker_process::spawn({{"/bin/sleep", "100"}, {}}));
+    reg.add(ws.back());
+  }
+  const auto start = std::chrono::steady_clock::now();
+  reg.stop_all(5.0, true);
+  const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+  CHECK(took.count() < 4.0);  // not the grace period: SIGTERM ends them at once
+  CHECK_EQ(reg.alive(), size_t{0});
+  for (auto& w : ws) {
+    const mp::exit_info e = w->stop(0, false);
+    CHECK(e.signalled);
+    CHECK_EQ(e.signal, SIGTERM);
   }
 }
 
