@@ -311,7 +311,9 @@ def wait(
 class ParallelContext:
     """A block whose tasks are all finished when it is left.
 
-    ``submit`` runs functions on the global thread pool. Leaving the block
+    ``submit`` runs functions on the global thread pool (or in worker
+    processes, for a function decorated with ``backend="process"`` or after
+    ``set_default_backend("process")``). Leaving the block
     normally waits until every submitted task has settled; task failures are
     not raised there (read them from the handles, e.g. with ``gather``).
     Leaving it because of an exception first cancels the tasks that have not
@@ -342,13 +344,14 @@ class ParallelContext:
     def submit(
         self, func: Callable[..., Any], args: Any = (), kwargs: Any = None
     ) -> Any:
-        """Runs ``func(*args, **kwargs)`` as a task on the global pool.
+        """Runs ``func(*args, **kwargs)`` as a task (see the class docstring).
 
         A function already decorated with a task decorator (``@parallel`` and
         the like) has its undecorated function run instead, so the task does
-        not merely submit another task; its own default timeout applies when
-        the context has none. Every keyword in ``kwargs`` reaches ``func``,
-        including ``timeout`` and ``priority``.
+        not merely submit another task; its backend applies, and its default
+        timeout when the context has none. Other functions run where
+        ``set_default_backend`` says. Every keyword in ``kwargs`` reaches
+        ``func``, including ``timeout`` and ``priority``.
 
         Args:
             func: the callable to run.
@@ -371,9 +374,11 @@ class ParallelContext:
         elif not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
         timeout = self._timeout
+        backend = 0  # the program's default
         if isinstance(func, TaskFunction):
             if timeout is None:
                 timeout = func._timeout
+            backend = func._backend
             func = func._fn
 
         # Holding the lock across the submission keeps a concurrent __exit__
@@ -381,7 +386,9 @@ class ParallelContext:
         with self._lock:
             if self._closed:
                 raise RuntimeError("ParallelContext.submit() after the block was left")
-            task = TaskFunction(func, function_name(func), POOL, False, timeout, None)
+            task = TaskFunction(
+                func, function_name(func), POOL, False, timeout, None, False, backend
+            )
             handle = task(*args, **kwargs)
             self._handles.append(handle)
         return handle

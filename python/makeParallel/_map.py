@@ -163,7 +163,8 @@ def parallel_map(
             chunks complete; with an input of unknown length, once with 1.0
             at the end. Exceptions in it are logged, not raised.
         backend: ``"thread"`` (the global pool) or ``"process"`` (the worker
-            processes, for pure-Python work); ``None`` means the default set
+            processes, for pure-Python work); ``None`` means the backend of
+            ``func`` if it is a decorated task function, else the default set
             by ``set_default_backend``. With processes, ``func`` and the
             items must be picklable.
 
@@ -179,8 +180,11 @@ def parallel_map(
     """
     check_callable(func, "parallel_map")
     # A function decorated by a task decorator would return handles; map the
-    # function itself, as ParallelContext.submit does.
-    func = getattr(func, "_fn", func) if isinstance(func, _core.TaskFunction) else func
+    # function itself, as ParallelContext.submit does, where its backend says.
+    code = _process.backend_code(backend)
+    if isinstance(func, _core.TaskFunction):
+        code = code or func._backend
+        func = func._fn
     if chunksize is not None:
         check_int("chunksize", chunksize, 1)
     if not isinstance(progress, bool):
@@ -194,7 +198,7 @@ def parallel_map(
             f"parallel_map() items must be iterable, got {type(items).__name__}"
         ) from None
 
-    use_processes = (_process.backend_code(backend) or _core._default_backend()) == 2
+    use_processes = (code or _core._default_backend()) == 2
     if use_processes:
         threads = _core._process_pool_info()["num_workers"]
         cap = MAX_AUTO_CHUNK_PROCESS

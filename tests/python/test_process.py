@@ -824,3 +824,14 @@ def test_reconfiguring_keeps_every_task():
     mp.configure_process_pool(2)
     assert [h.get(timeout=WAIT) for h in handles] == list(range(8))
     assert _eventually(lambda: mp.get_process_pool_info()["alive_workers"] <= 2)
+
+
+def test_parallel_map_and_parallel_context_keep_a_decorated_backend():
+    remote = mp.parallel(backend="process")(pid_of)
+    assert os.getpid() not in mp.parallel_map(remote, range(4))
+    assert set(mp.parallel_map(remote, range(4), backend="thread")) == {os.getpid()}
+    with mp.ParallelContext() as ctx:
+        elsewhere = ctx.submit(remote)
+        here = ctx.submit(pid_of)
+    assert elsewhere.get() != os.getpid()
+    assert here.get() == os.getpid()
