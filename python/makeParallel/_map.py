@@ -134,6 +134,22 @@ def _wait(wait: Callable[..., Any], in_task: bool) -> None:
             )
 
 
+def _note_chunk(exc: BaseException, first: int, count: int) -> None:
+    """Names the chunk's items on an error of a process chunk that no single
+    item raised: the worker died, or the chunk could not be pickled."""
+    notes = getattr(exc, "__notes__", None) or []
+    if any("parallel_map item " in str(note) for note in notes):
+        return  # raised by one item, which its note names already
+    last = first + count - 1
+    where = f"item {first}" if count == 1 else f"items {first} to {last}"
+    if isinstance(exc, WorkerCrashedError):
+        # Which of the chunk's items killed the worker is unknown.
+        add_note(exc, f"the worker died while running parallel_map {where}")
+    else:
+        add_note(exc, f"raised while sending parallel_map {where} to a worker process "
+                      "or their results back")
+
+
 def parallel_map(
     func: Callable[[T], R],
     items: Iterable[T],
@@ -175,7 +191,9 @@ def parallel_map(
         The first exception raised by ``func`` (lowest item index), with a
         note naming the item's index; items not yet started then never run.
         WorkerCrashedError: if a worker process dies (process backend), with
-            a note naming the items of the chunk it was running.
+            a note naming the items of the chunk it was running; an item or
+            result that cannot be pickled likewise gets a note naming its
+            chunk's items.
         TypeError, ValueError: for bad arguments.
     """
     check_callable(func, "parallel_map")
@@ -283,11 +301,9 @@ def parallel_map(
             handle, first, count = inflight.popleft()
             try:
                 part = handle.get()
-            except WorkerCrashedError as exc:
-                # Which of the chunk's items killed the worker is unknown.
-                last = first + count - 1
-                where = f"item {first}" if count == 1 else f"items {first} to {last}"
-                add_note(exc, f"the worker died while running parallel_map {where}")
+            except BaseException as exc:
+                if use_processes:
+                    _note_chunk(exc, first, count)
                 raise
             if part is None:
                 # This chunk stopped because a later one failed: submit nothing

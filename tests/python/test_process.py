@@ -835,3 +835,11 @@ def test_parallel_map_and_parallel_context_keep_a_decorated_backend():
         here = ctx.submit(pid_of)
     assert elsewhere.get() != os.getpid()
     assert here.get() == os.getpid()
+
+
+def test_parallel_map_names_the_chunk_of_an_item_that_cannot_be_pickled():
+    items = list(range(10)) + [threading.Lock()] + list(range(10))
+    with pytest.raises(TypeError) as info:
+        mp.parallel_map(repr, items, chunksize=4, backend="process")
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "parallel_map items 8 to 11" in notes

@@ -363,7 +363,7 @@ def test_exit_completes_tasks_waiting_on_dependencies(run_python):
 
 
 @pytest.mark.parametrize("backend", ["thread", "process"])
-def test_daemon_threads_waiting_at_exit_do_not_crash_the_interpreter(run_python, backend):
+def test_daemon_threads_waiting_at_exit_do_not_abort(run_python, backend):
     # Daemon threads blocked in get() (or about to take the GIL back) when the
     # interpreter finalizes must not turn CPython's thread exit into an abort.
     result = run_python(
