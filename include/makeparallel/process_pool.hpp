@@ -140,6 +140,10 @@ class worker_slot {
   void request_kill(uint64_t id) noexcept;
   /// Holder: consumes a wake-up; true if it asks to kill the worker running task `id`.
   bool kill_requested(uint64_t id) noexcept;
+  /// True if a kill of task `id` was requested; consumes nothing. Any thread.
+  bool kill_pending(uint64_t id) const noexcept {
+    return id != 0 && kill_id_.load(std::memory_order_seq_cst) == id;
+  }
 
  private:
   ipc::unique_fd wake_;  // an eventfd
@@ -198,11 +202,15 @@ class worker_pool {
   bool closed_ = false;
 };
 
-/// Runs a handler, once, when one of two descriptors becomes readable: how replies that
-/// nobody is waiting for get collected (a worker's socket, and its slot's wake-up for a
-/// kill request). One thread, started on first use, sleeps in epoll_wait for all of them.
-/// A waiter that wants to read the descriptors itself disarms them first; exactly one of
-/// the two, the handler or that waiter, then owns the reads. Thread-safe.
+/// Runs a handler, once, when a worker's socket becomes readable or the worker is to be
+/// killed: how replies that nobody is waiting for get collected. One thread, started on first
+/// use, sleeps in epoll_wait for all of them. A waiter that wants to read the socket itself
+/// disarms it first; exactly one of the two, the handler or that waiter, then owns the reads.
+/// Thread-safe.
+///
+/// Only the sockets are in the epoll set, one registration per arm: kill requests are rare,
+/// so instead of a second descriptor per arm they reach the watcher through poke(), after
+/// which it asks every arm's `poked` whether it is concerned.
 class reply_watcher {
  public:
   reply_watcher();
@@ -211,26 +219,32 @@ class reply_watcher {
   reply_watcher(const reply_watcher&) = delete;
   reply_watcher& operator=(const reply_watcher&) = delete;
 
-  /// Runs `on_ready` on the watcher's thread once `fd` or `fd2` is readable or hung up,
-  /// unless disarm(key) comes first. `key` (a task id, not 0) names the arm; a descriptor
-  /// belongs to at most one arm at a time. The handler must not block for long: every other
-  /// arm waits meanwhile. Throws std::system_error.
-  void arm(uint64_t key, int fd, int fd2, std::function<void()> on_ready);
+  /// Runs `on_ready` on the watcher's thread once `fd` is readable or hung up, or once
+  /// `poked()` returns true (asked after every poke(), and once here), unless disarm(key)
+  /// comes first. `key` (a task id, neither 0 nor ~0) names the arm; a descriptor belongs
+  /// to at most one arm at a time. `poked` is called under the watcher's lock and must be
+  /// quick. The handler must not block for long: every other arm waits meanwhile. Throws
+  /// std::system_error.
+  void arm(uint64_t key, int fd, std::function<bool()> poked, std::function<void()> on_ready);
   /// Cancels the arm `key`. True: the handler will never run and the caller owns the
   /// reads; false: the handler ran or runs now, or there is no such arm.
   bool disarm(uint64_t key);
+  /// Makes the watcher ask each arm's `poked` (after the caller made it true). Any thread.
+  void poke() noexcept;
 
  private:
   struct watch {
-    int fds[2];
+    int fd;
+    std::function<bool()> poked;
     std::function<void()> on_ready;
   };
   void run();
-  /// Removes the arm's descriptors from the epoll set. Under mu_.
-  void forget_locked(const watch& w) noexcept;
+  /// Takes the handlers of the arms whose `poked` returns true. Under mu_.
+  void take_poked_locked(std::vector<std::function<void()>>& out);
 
   ipc::unique_fd epoll_;
   ipc::unique_fd stop_;  // an eventfd that ends the thread; its epoll key is 0
+  ipc::unique_fd poke_;  // an eventfd written by poke(); its epoll key is ~0
   std::mutex mu_;
   std::condition_variable exited_cv_;
   std::unordered_map<uint64_t, watch> armed_;

@@ -320,8 +320,11 @@ def _encode_call(fn: Callable[..., Any], args: tuple, kwargs: dict | None,
     """Pickles a call for a worker (the parent side of ``_decode_call``)."""
     if dep_results is not None:
         args = (dep_results, *args)
-    # One search for both, so that an object in each is still one object.
-    args, kwargs = _wrap_large((args, kwargs))
+    # One search for both, so that an object in each is still one object; skipped
+    # when no argument is of a type it would look at (most calls, cheaply told).
+    if not (_SEARCHED.isdisjoint(map(type, args))
+            and (not kwargs or _SEARCHED.isdisjoint(map(type, kwargs.values())))):
+        args, kwargs = _wrap_large((args, kwargs))
     return _dumps((_dumps_fn(fn), args, kwargs))
 
 

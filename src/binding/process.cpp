@@ -164,7 +164,9 @@ mp::spawn_spec current_spawn_spec() {
 /// Gives `slot` a live worker process, spawning one if needed. GIL held; false with a
 /// Python error set if no process could be started.
 bool ensure_worker(mp::worker_slot& slot) {
-  if (slot.proc && slot.proc->alive()) return true;
+  // A worker that died while idle is found at the next send, which then replaces it: no
+  // liveness check (a system call) before each task.
+  if (slot.proc) return true;
   slot.proc.reset();
   try {
     const mp::spawn_spec spec = current_spawn_spec();
@@ -254,7 +256,10 @@ class process_task final : public py_task {
     // Pairs with the fence in execute(): either we see the slot, or it sees the cancel.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     // Whoever waits for the reply (a thread, or the reply watcher) also watches for this.
-    if (mp::worker_slot* s = slot_.load()) s->request_kill(id());
+    if (mp::worker_slot* s = slot_.load()) {
+      s->request_kill(id());
+      if (watched_.load()) replies().poke();
+    }
   }
 
   /// Sends the call from the submitting thread, which must own a free `slot`; the reply is
@@ -412,7 +417,8 @@ bool process_task::watch_reply(const std::shared_ptr<py_task>& self,
                                mp::worker_slot* slot) {
   watched_.store(slot);
   try {
-    replies().arm(id(), slot->proc->socket(), slot->wake_fd(),
+    const uint64_t key = id();
+    replies().arm(key, slot->proc->socket(), [slot, key] { return slot->kill_pending(key); },
                   [self, slot] { collect_elsewhere(self, slot); });
   } catch (const std::exception&) {
     watched_.store(nullptr);

@@ -2,11 +2,11 @@
 // the two task hand-offs the process backend relies on: a caller claiming a queued task to
 // run it itself, and a running task handed over to another thread.
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <latch>
 #include <memory>
 #include <mutex>
@@ -240,54 +240,85 @@ TEST_CASE(claiming_races_with_workers_and_cancels_without_running_anything_twice
   }
 }
 
-/// A connected socket pair and an eventfd, as a worker's socket and its slot's wake-up.
+/// A connected socket pair, as a worker's socket, and a kill flag, as its slot's.
 struct watched_pair {
   mp::ipc::unique_fd ours, theirs;
-  mp::ipc::unique_fd wake{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+  std::atomic<bool> kill{false};
   watched_pair() { mp::ipc::make_socket_pair(ours, theirs); }
   void reply() const { CHECK(::write(theirs.get(), "r", 1) == 1); }
-  void kill_request() const {
-    const uint64_t one = 1;
-    CHECK(::write(wake.get(), &one, sizeof one) == static_cast<ssize_t>(sizeof one));
+  std::function<bool()> poked() {
+    return [this] { return kill.load(); };
   }
 };
 
-TEST_CASE(the_watcher_runs_a_handler_once_when_either_descriptor_is_readable) {
+TEST_CASE(the_watcher_runs_a_handler_once_when_its_socket_is_readable_or_it_is_poked) {
   mp::reply_watcher w;
   watched_pair a, b;
   std::atomic<int> ran_a{0}, ran_b{0};
-  w.arm(1, a.ours.get(), a.wake.get(), [&] { ran_a.fetch_add(1); });
-  w.arm(2, b.ours.get(), b.wake.get(), [&] { ran_b.fetch_add(1); });
+  w.arm(1, a.ours.get(), a.poked(), [&] { ran_a.fetch_add(1); });
+  w.arm(2, b.ours.get(), b.poked(), [&] { ran_b.fetch_add(1); });
   a.reply();
-  a.kill_request();  // both readable: still one call
-  b.kill_request();
+  a.kill.store(true);  // readable and poked: still one call
+  w.poke();
+  b.kill.store(true);
+  w.poke();
   CHECK(check::eventually([&] { return ran_a.load() == 1 && ran_b.load() == 1; }));
+  w.poke();  // a poke after the handler ran finds nothing to do
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK_EQ(ran_a.load(), 1);
   CHECK_EQ(ran_b.load(), 1);
   CHECK(!w.disarm(1));  // already ran
-  // The same descriptors can be armed again under a new key once the handler ran.
+  // The same descriptor can be armed again under a new key once the handler ran.
   std::atomic<int> again{0};
-  w.arm(3, a.ours.get(), a.wake.get(), [&] { again.fetch_add(1); });
+  a.kill.store(false);
+  w.arm(3, a.ours.get(), a.poked(), [&] { again.fetch_add(1); });
   CHECK(check::eventually([&] { return again.load() == 1; }));  // still readable
+}
+
+TEST_CASE(a_poke_is_only_for_the_arms_it_concerns) {
+  mp::reply_watcher w;
+  watched_pair a, b;
+  std::atomic<int> ran_a{0}, ran_b{0};
+  w.arm(1, a.ours.get(), a.poked(), [&] { ran_a.fetch_add(1); });
+  w.arm(2, b.ours.get(), b.poked(), [&] { ran_b.fetch_add(1); });
+  b.kill.store(true);
+  w.poke();
+  CHECK(check::eventually([&] { return ran_b.load() == 1; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK_EQ(ran_a.load(), 0);  // neither readable nor poked
+  CHECK(w.disarm(1));
+}
+
+TEST_CASE(an_arm_whose_kill_came_before_it_runs_without_another_poke) {
+  mp::reply_watcher w;
+  watched_pair a;
+  a.kill.store(true);  // requested, and its poke gone, before the arm existed
+  std::atomic<int> ran{0};
+  w.arm(5, a.ours.get(), a.poked(), [&] { ran.fetch_add(1); });
+  CHECK(check::eventually([&] { return ran.load() == 1; }));
+  CHECK(!w.disarm(5));
 }
 
 TEST_CASE(a_disarmed_handler_never_runs_and_an_old_key_disarms_nothing) {
   mp::reply_watcher w;
   watched_pair a;
   std::atomic<int> ran{0};
-  w.arm(7, a.ours.get(), a.wake.get(), [&] { ran.fetch_add(1); });
+  w.arm(7, a.ours.get(), a.poked(), [&] { ran.fetch_add(1); });
   CHECK(w.disarm(7));
   CHECK(!w.disarm(7));
   a.reply();
+  a.kill.store(true);
+  w.poke();
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK_EQ(ran.load(), 0);
   char c = 0;
   CHECK(::read(a.ours.get(), &c, 1) == 1);  // the disarming side owns the read
 
-  w.arm(8, a.ours.get(), a.wake.get(), [&] { ran.fetch_add(1); });
+  a.kill.store(false);
+  w.arm(8, a.ours.get(), a.poked(), [&] { ran.fetch_add(1); });
   CHECK(!w.disarm(7));  // a stale key leaves the new arm alone
-  a.kill_request();
+  a.kill.store(true);
+  w.poke();
   CHECK(check::eventually([&] { return ran.load() == 1; }));
   CHECK(!w.disarm(8));
 }
@@ -303,7 +334,7 @@ TEST_CASE_LIMIT(each_arm_is_either_handled_or_disarmed_never_both_under_races, 1
       for (int n = 0; n < rounds; ++n) {
         const uint64_t key = static_cast<uint64_t>(i) * rounds + static_cast<uint64_t>(n) + 1;
         std::atomic<bool> done{false};
-        w.arm(key, p.ours.get(), p.wake.get(), [&] {
+        w.arm(key, p.ours.get(), p.poked(), [&] {
           handled.fetch_add(1);
           done.store(true);
         });
