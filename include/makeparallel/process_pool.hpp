@@ -120,34 +120,40 @@ class process_registry {
 };
 
 /// The right to run one process task: a worker process (started lazily by the holder, kept
-/// across tasks) and a wake-up through which a canceller reaches the thread waiting on it.
+/// across tasks) and the task running on it, which any thread may ask to kill.
 /// A slot is held by one thread at a time (see worker_pool); `request_kill` may come from
 /// any thread. Slots live as long as their pool, so a pointer to one never dangles.
+///
+/// A kill reaches whoever waits for the reply (the holder, or the reply watcher on its
+/// behalf) without a descriptor of its own: it shuts down the reading side of the parent's
+/// end of the socket, so that a blocked read returns end of input. Data already received is
+/// still read first. The socket is then no good for another task: the holder replaces the
+/// worker of a task whose kill was requested, whatever the task's ending.
 class worker_slot {
  public:
-  worker_slot();
+  worker_slot() = default;
   worker_slot(const worker_slot&) = delete;
   worker_slot& operator=(const worker_slot&) = delete;
 
   /// The worker process, or null before the first task or after it died. Holder only.
   std::shared_ptr<worker_process> proc;
 
-  /// Readable after request_kill(); the holder polls it alongside the worker's socket.
-  int wake_fd() const noexcept { return wake_.get(); }
-  /// The holder starts (id) or stops (0) running task `id` on this slot.
-  void set_task(uint64_t id) noexcept { task_id_.store(id, std::memory_order_seq_cst); }
-  /// Asks the holder to kill the worker if it still runs task `id`. Any thread.
+  /// The holder starts task `id` (not 0) on socket `sock`, which must stay open until end().
+  void begin(uint64_t id, int sock) noexcept;
+  /// The holder is done with its task: from now on no kill request touches the socket.
+  void end() noexcept;
+  /// If task `id` runs on this slot now, records the request and shuts down the reading
+  /// side of its socket; otherwise does nothing. Any thread.
   void request_kill(uint64_t id) noexcept;
-  /// Holder: consumes a wake-up; true if it asks to kill the worker running task `id`.
-  bool kill_requested(uint64_t id) noexcept;
-  /// True if a kill of task `id` was requested; consumes nothing. Any thread.
-  bool kill_pending(uint64_t id) const noexcept {
-    return id != 0 && kill_id_.load(std::memory_order_seq_cst) == id;
+  /// True if a kill of task `id` was requested (and its socket shut down). Any thread.
+  bool kill_requested(uint64_t id) const noexcept {
+    return id != 0 && kill_id_.load(std::memory_order_acquire) == id;
   }
 
  private:
-  ipc::unique_fd wake_;  // an eventfd
-  std::atomic<uint64_t> task_id_{0};
+  std::mutex mu_;
+  uint64_t task_id_ = 0;  // under mu_
+  int sock_ = -1;         // under mu_
   std::atomic<uint64_t> kill_id_{0};
 };
 
@@ -202,15 +208,11 @@ class worker_pool {
   bool closed_ = false;
 };
 
-/// Runs a handler, once, when a worker's socket becomes readable or the worker is to be
-/// killed: how replies that nobody is waiting for get collected. One thread, started on first
-/// use, sleeps in epoll_wait for all of them. A waiter that wants to read the socket itself
-/// disarms it first; exactly one of the two, the handler or that waiter, then owns the reads.
-/// Thread-safe.
-///
-/// Only the sockets are in the epoll set, one registration per arm: kill requests are rare,
-/// so instead of a second descriptor per arm they reach the watcher through poke(), after
-/// which it asks every arm's `poked` whether it is concerned.
+/// Runs a handler, once, when a descriptor becomes readable or hung up: how replies that
+/// nobody is waiting for get collected (a worker's socket, which a kill request also makes
+/// readable). One thread, started on first use, sleeps in epoll_wait for all of them. A
+/// waiter that wants to read the descriptor itself disarms it first; exactly one of the two,
+/// the handler or that waiter, then owns the reads. Thread-safe.
 class reply_watcher {
  public:
   reply_watcher();
@@ -219,32 +221,24 @@ class reply_watcher {
   reply_watcher(const reply_watcher&) = delete;
   reply_watcher& operator=(const reply_watcher&) = delete;
 
-  /// Runs `on_ready` on the watcher's thread once `fd` is readable or hung up, or once
-  /// `poked()` returns true (asked after every poke(), and once here), unless disarm(key)
-  /// comes first. `key` (a task id, neither 0 nor ~0) names the arm; a descriptor belongs
-  /// to at most one arm at a time. `poked` is called under the watcher's lock and must be
-  /// quick. The handler must not block for long: every other arm waits meanwhile. Throws
-  /// std::system_error.
-  void arm(uint64_t key, int fd, std::function<bool()> poked, std::function<void()> on_ready);
+  /// Runs `on_ready` on the watcher's thread once `fd` is readable or hung up, unless
+  /// disarm(key) comes first. `key` (a task id, not 0) names the arm; a descriptor belongs
+  /// to at most one arm at a time. The handler must not block for long: every other arm
+  /// waits meanwhile. Throws std::system_error.
+  void arm(uint64_t key, int fd, std::function<void()> on_ready);
   /// Cancels the arm `key`. True: the handler will never run and the caller owns the
   /// reads; false: the handler ran or runs now, or there is no such arm.
   bool disarm(uint64_t key);
-  /// Makes the watcher ask each arm's `poked` (after the caller made it true). Any thread.
-  void poke() noexcept;
 
  private:
   struct watch {
     int fd;
-    std::function<bool()> poked;
     std::function<void()> on_ready;
   };
   void run();
-  /// Takes the handlers of the arms whose `poked` returns true. Under mu_.
-  void take_poked_locked(std::vector<std::function<void()>>& out);
 
   ipc::unique_fd epoll_;
   ipc::unique_fd stop_;  // an eventfd that ends the thread; its epoll key is 0
-  ipc::unique_fd poke_;  // an eventfd written by poke(); its epoll key is ~0
   std::mutex mu_;
   std::condition_variable exited_cv_;
   std::unordered_map<uint64_t, watch> armed_;

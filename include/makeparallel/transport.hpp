@@ -7,7 +7,8 @@
 // sendmsg() as the header; the sender closes its descriptor once it is sent, the receiver
 // once it has mapped the memory, so the memory lives exactly as long as the mappings.
 //
-// All functions are blocking, restart on EINTR, and cope with partial reads and writes.
+// All functions are blocking, restart on EINTR (unless asked not to), and cope with partial
+// reads and writes.
 // They are safe to call from any thread, but one socket must not be read (or written) by
 // two threads at once: callers serialise per direction.
 #pragma once
@@ -103,6 +104,7 @@ enum class io_status : uint8_t {
   eof,       ///< the peer closed its end (for recv: before any byte of a frame)
   error,     ///< an OS error, or the peer closed mid-frame; errno-style text in `what`
   protocol,  ///< the stream does not hold a valid frame (bad magic, limits exceeded)
+  interrupted,  ///< a signal came before any byte of the frame (recv_frame, when asked)
 };
 
 /// Result of a transfer, with a message for the non-ok cases.
@@ -123,7 +125,9 @@ io_result send_frame(int fd, frame_kind kind, uint64_t task_id, uint64_t aux,
                      const void* payload, size_t payload_len,
                      const std::vector<out_buffer>& buffers = {});
 
-/// Receives one whole frame into `out`. Received descriptors are close-on-exec.
-io_result recv_frame(int fd, frame& out);
+/// Receives one whole frame into `out`. Received descriptors are close-on-exec. With
+/// `interruptible`, a signal handled by this thread while it waits for the frame to begin
+/// returns `interrupted` (nothing consumed); once the frame has begun, it is read whole.
+io_result recv_frame(int fd, frame& out, bool interruptible = false);
 
 }  // namespace mp::ipc

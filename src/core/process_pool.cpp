@@ -283,21 +283,24 @@ void process_registry::stop_all(double grace_secs, bool sigterm) {
   }
 }
 
-worker_slot::worker_slot() : wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
-  if (!wake_) throw_errno(errno, "eventfd");
+void worker_slot::begin(uint64_t id, int sock) noexcept {
+  std::lock_guard<std::mutex> lk(mu_);
+  task_id_ = id;
+  sock_ = sock;
+}
+
+void worker_slot::end() noexcept {
+  std::lock_guard<std::mutex> lk(mu_);
+  task_id_ = 0;
+  sock_ = -1;
 }
 
 void worker_slot::request_kill(uint64_t id) noexcept {
-  if (id == 0 || task_id_.load(std::memory_order_seq_cst) != id) return;
-  kill_id_.store(id, std::memory_order_seq_cst);
-  const uint64_t one = 1;
-  [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
-}
-
-bool worker_slot::kill_requested(uint64_t id) noexcept {
-  uint64_t count = 0;
-  [[maybe_unused]] const ssize_t n = ::read(wake_.get(), &count, sizeof count);
-  return kill_id_.load(std::memory_order_seq_cst) == id;
+  std::lock_guard<std::mutex> lk(mu_);
+  if (id == 0 || task_id_ != id) return;
+  kill_id_.store(id, std::memory_order_release);
+  // Under mu_: the holder cannot end() the task, and so close the socket, meanwhile.
+  ::shutdown(sock_, SHUT_RD);
 }
 
 worker_pool::worker_pool(size_t max_workers) : max_(max_workers) {}
@@ -404,26 +407,16 @@ size_t worker_pool::waiting() const {
   return waiting_;
 }
 
-namespace {
-constexpr uint64_t stop_key = 0;
-constexpr uint64_t poke_key = ~uint64_t{0};
-
-void watch_input(int epoll, int fd, uint64_t key) {
-  epoll_event ev{};
-  ev.events = EPOLLIN;  // EPOLLHUP and EPOLLERR are always reported
-  ev.data.u64 = key;
-  if (::epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno(errno, "epoll_ctl");
-}
-}  // namespace
-
 reply_watcher::reply_watcher()
-    : epoll_(::epoll_create1(EPOLL_CLOEXEC)),
-      stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-      poke_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+    : epoll_(::epoll_create1(EPOLL_CLOEXEC)), stop_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
   if (!epoll_) throw_errno(errno, "epoll_create1");
-  if (!stop_ || !poke_) throw_errno(errno, "eventfd");
-  watch_input(epoll_.get(), stop_.get(), stop_key);
-  watch_input(epoll_.get(), poke_.get(), poke_key);
+  if (!stop_) throw_errno(errno, "eventfd");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, stop_.get(), &ev) != 0) {
+    throw_errno(errno, "epoll_ctl");
+  }
 }
 
 reply_watcher::~reply_watcher() {
@@ -434,22 +427,19 @@ reply_watcher::~reply_watcher() {
   exited_cv_.wait(lk, [this] { return exited_; });
 }
 
-void reply_watcher::arm(uint64_t key, int fd, std::function<bool()> poked,
-                        std::function<void()> on_ready) {
-  if (key == stop_key || key == poke_key) {
-    throw std::invalid_argument("reply_watcher::arm: keys 0 and ~0 are reserved");
-  }
+void reply_watcher::arm(uint64_t key, int fd, std::function<void()> on_ready) {
+  if (key == 0) throw std::invalid_argument("reply_watcher::arm: key 0 is reserved");
   std::lock_guard<std::mutex> lk(mu_);
   if (!started_) {
     start_thread("mp-replies", 0, [this] { run(); });
     started_ = true;
   }
+  epoll_event ev{};
+  ev.events = EPOLLIN;  // EPOLLHUP and EPOLLERR are always reported
+  ev.data.u64 = key;
   // Every path that ends an arm removes its descriptor, so it is not registered here.
-  watch_input(epoll_.get(), fd, key);
-  const bool already = poked();
-  armed_[key] = watch{fd, std::move(poked), std::move(on_ready)};
-  // A poke that came before the arm was recorded found nothing to do: make another.
-  if (already) poke();
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno(errno, "epoll_ctl");
+  armed_[key] = watch{fd, std::move(on_ready)};
 }
 
 bool reply_watcher::disarm(uint64_t key) {
@@ -462,50 +452,29 @@ bool reply_watcher::disarm(uint64_t key) {
   return true;
 }
 
-void reply_watcher::poke() noexcept {
-  const uint64_t one = 1;
-  [[maybe_unused]] const ssize_t n = ::write(poke_.get(), &one, sizeof one);
-}
-
-void reply_watcher::take_poked_locked(std::vector<std::function<void()>>& out) {
-  for (auto it = armed_.begin(); it != armed_.end();) {
-    if (!it->second.poked()) {
-      ++it;
-      continue;
-    }
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.fd, nullptr);
-    out.push_back(std::move(it->second.on_ready));
-    it = armed_.erase(it);
-  }
-}
-
 void reply_watcher::run() {
   epoll_event events[16];
-  std::vector<std::function<void()>> handlers;
   bool stop = false;
   while (!stop) {
     const int n = ::epoll_wait(epoll_.get(), events, 16, -1);
     if (n < 0 && errno != EINTR) break;
-    handlers.clear();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      for (int i = 0; i < n; ++i) {
-        const uint64_t key = events[i].data.u64;
-        if (key == stop_key) {
-          stop = true;
-        } else if (key == poke_key) {
-          uint64_t count = 0;
-          [[maybe_unused]] const ssize_t r = ::read(poke_.get(), &count, sizeof count);
-          take_poked_locked(handlers);
-        } else if (auto it = armed_.find(key); it != armed_.end()) {
-          // (Not found: disarmed by its waiter, or handled after a poke in this round.)
-          ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.fd, nullptr);
-          handlers.push_back(std::move(it->second.on_ready));
-          armed_.erase(it);
-        }
+    for (int i = 0; i < n; ++i) {
+      const uint64_t key = events[i].data.u64;
+      if (key == 0) {
+        stop = true;
+        continue;
       }
+      std::function<void()> handler;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        auto it = armed_.find(key);
+        if (it == armed_.end()) continue;  // disarmed by its waiter meanwhile
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, it->second.fd, nullptr);
+        handler = std::move(it->second.on_ready);
+        armed_.erase(it);
+      }
+      handler();
     }
-    for (auto& h : handlers) h();
   }
   std::lock_guard<std::mutex> lk(mu_);
   exited_ = true;

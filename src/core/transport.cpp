@@ -67,9 +67,11 @@ io_result write_all(int fd, std::vector<iovec>& iov, const std::vector<int>& fds
 }
 
 /// Reads exactly `len` bytes. `got_any` tells whether the frame had started, which turns
-/// an end of stream into an error instead of a clean EOF. Descriptors that arrive on the
-/// way are appended to `fds` (owned by the caller from then on).
-io_result read_all(int fd, void* dst, size_t len, bool& got_any, std::vector<unique_fd>& fds) {
+/// an end of stream into an error instead of a clean EOF, and a signal with `interruptible`
+/// into a restart instead of `interrupted`. Descriptors that arrive on the way are appended
+/// to `fds` (owned by the caller from then on).
+io_result read_all(int fd, void* dst, size_t len, bool& got_any, std::vector<unique_fd>& fds,
+                   bool interruptible) {
   auto* p = static_cast<char*>(dst);
   char control[CMSG_SPACE(sizeof(int) * max_buffers)];
   while (len > 0) {
@@ -81,6 +83,7 @@ io_result read_all(int fd, void* dst, size_t len, bool& got_any, std::vector<uni
     msg.msg_controllen = sizeof control;
     const ssize_t n = ::recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0) {
+      if (errno == EINTR && interruptible && !got_any) return {io_status::interrupted, "signal"};
       if (errno == EINTR) continue;
       if (errno == ECONNRESET && !got_any) return {io_status::eof, "connection reset"};
       return {io_status::error, os_error("recv", errno)};
@@ -171,12 +174,12 @@ io_result send_frame(int fd, frame_kind kind, uint64_t task_id, uint64_t aux,
   return write_all(fd, iov, fds);
 }
 
-io_result recv_frame(int fd, frame& out) {
+io_result recv_frame(int fd, frame& out, bool interruptible) {
   out = frame{};
   std::vector<unique_fd> fds;
   bool got_any = false;
   frame_header h{};
-  io_result r = read_all(fd, &h, sizeof h, got_any, fds);
+  io_result r = read_all(fd, &h, sizeof h, got_any, fds, interruptible);
   if (!r.ok()) return r;
   if (h.magic != frame_magic) return {io_status::protocol, "bad frame magic"};
   if (h.kind < 1 || h.kind > 4) return {io_status::protocol, "unknown frame kind"};
@@ -185,12 +188,12 @@ io_result recv_frame(int fd, frame& out) {
 
   std::vector<uint64_t> sizes(h.num_buffers);
   if (!sizes.empty()) {
-    r = read_all(fd, sizes.data(), sizes.size() * sizeof(uint64_t), got_any, fds);
+    r = read_all(fd, sizes.data(), sizes.size() * sizeof(uint64_t), got_any, fds, false);
     if (!r.ok()) return r;
   }
   out.payload.resize(h.payload_len);
   if (h.payload_len > 0) {
-    r = read_all(fd, out.payload.data(), out.payload.size(), got_any, fds);
+    r = read_all(fd, out.payload.data(), out.payload.size(), got_any, fds, false);
     if (!r.ok()) return r;
   }
   if (fds.size() != sizes.size()) return {io_status::protocol, "descriptor count mismatch"};

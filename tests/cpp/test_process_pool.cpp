@@ -1,12 +1,12 @@
-// The worker pool that bounds process tasks, the wake-up that reaches a slot's holder, and
-// the two task hand-offs the process backend relies on: a caller claiming a queued task to
-// run it itself, and a running task handed over to another thread.
+// The worker pool that bounds process tasks, the kill request that reaches a slot's holder, the
+// reply watcher, and the two task hand-offs the process backend relies on: a caller claiming
+// a queued task to run it itself, and a running task handed over to another thread.
 #include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <latch>
 #include <memory>
 #include <mutex>
@@ -156,22 +156,49 @@ TEST_CASE_LIMIT(many_threads_never_hold_more_slots_than_the_largest_bound, 120) 
   CHECK_EQ(pool.busy(), size_t{0});
 }
 
-TEST_CASE(a_kill_request_reaches_the_holder_only_for_its_current_task) {
+TEST_CASE(a_kill_request_shuts_the_socket_only_for_the_current_task) {
   mp::worker_pool pool(1);
   mp::worker_slot* s = pool.try_acquire();
+  mp::ipc::unique_fd ours, theirs;
+  mp::ipc::make_socket_pair(ours, theirs);
   s->request_kill(7);  // no task running: ignored
-  CHECK(!readable(s->wake_fd()));
-  s->set_task(7);
+  CHECK(!readable(ours.get()));
+  s->begin(7, ours.get());
   s->request_kill(8);  // another task: ignored
-  CHECK(!readable(s->wake_fd()));
+  CHECK(!readable(ours.get()));
+  CHECK(!s->kill_requested(7));
+  CHECK(::write(theirs.get(), "r", 1) == 1);  // a reply that came before the kill
   s->request_kill(7);
-  CHECK(readable(s->wake_fd()));
   CHECK(s->kill_requested(7));
-  CHECK(!readable(s->wake_fd()));  // consumed
-  s->set_task(9);
+  char buf[4] = {};
+  CHECK(::read(ours.get(), buf, sizeof buf) == 1);  // still read first...
+  CHECK(readable(ours.get()));
+  CHECK(::read(ours.get(), buf, sizeof buf) == 0);  // ...then end of input
+  s->end();
+  s->request_kill(7);  // over: ignored
+  s->begin(9, theirs.get());
   CHECK(!s->kill_requested(9));  // a stale request does not carry over to the next task
-  s->set_task(0);
+  CHECK(!readable(theirs.get()));
+  s->end();
   pool.release(s);
+}
+
+TEST_CASE(a_kill_wakes_a_thread_blocked_reading_the_reply) {
+  mp::worker_slot s;
+  mp::ipc::unique_fd ours, theirs;
+  mp::ipc::make_socket_pair(ours, theirs);
+  s.begin(3, ours.get());
+  std::atomic<long> got{-1};
+  std::thread reader([&] {
+    char c = 0;
+    got.store(static_cast<long>(::read(ours.get(), &c, 1)));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // most likely blocked by now
+  CHECK_EQ(got.load(), -1L);
+  s.request_kill(3);
+  reader.join();
+  CHECK_EQ(got.load(), 0L);
+  s.end();
 }
 
 TEST_CASE(a_caller_claims_a_queued_task_only_when_it_overtakes_nobody) {
@@ -240,85 +267,53 @@ TEST_CASE(claiming_races_with_workers_and_cancels_without_running_anything_twice
   }
 }
 
-/// A connected socket pair, as a worker's socket, and a kill flag, as its slot's.
+/// A connected socket pair: a worker's socket as the parent and the worker hold it.
 struct watched_pair {
   mp::ipc::unique_fd ours, theirs;
-  std::atomic<bool> kill{false};
   watched_pair() { mp::ipc::make_socket_pair(ours, theirs); }
   void reply() const { CHECK(::write(theirs.get(), "r", 1) == 1); }
-  std::function<bool()> poked() {
-    return [this] { return kill.load(); };
-  }
 };
 
-TEST_CASE(the_watcher_runs_a_handler_once_when_its_socket_is_readable_or_it_is_poked) {
+TEST_CASE(the_watcher_runs_a_handler_once_when_its_descriptor_is_readable) {
   mp::reply_watcher w;
-  watched_pair a, b;
-  std::atomic<int> ran_a{0}, ran_b{0};
-  w.arm(1, a.ours.get(), a.poked(), [&] { ran_a.fetch_add(1); });
-  w.arm(2, b.ours.get(), b.poked(), [&] { ran_b.fetch_add(1); });
+  watched_pair a, b, c;
+  std::atomic<int> ran_a{0}, ran_b{0}, ran_c{0};
+  w.arm(1, a.ours.get(), [&] { ran_a.fetch_add(1); });
+  w.arm(2, b.ours.get(), [&] { ran_b.fetch_add(1); });
+  w.arm(3, c.ours.get(), [&] { ran_c.fetch_add(1); });
   a.reply();
-  a.kill.store(true);  // readable and poked: still one call
-  w.poke();
-  b.kill.store(true);
-  w.poke();
-  CHECK(check::eventually([&] { return ran_a.load() == 1 && ran_b.load() == 1; }));
-  w.poke();  // a poke after the handler ran finds nothing to do
+  a.reply();  // still one call
+  CHECK(::shutdown(b.ours.get(), SHUT_RD) == 0);  // as a kill request does
+  c.theirs.reset();                               // as a worker that dies does
+  CHECK(check::eventually(
+      [&] { return ran_a.load() == 1 && ran_b.load() == 1 && ran_c.load() == 1; }));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK_EQ(ran_a.load(), 1);
   CHECK_EQ(ran_b.load(), 1);
+  CHECK_EQ(ran_c.load(), 1);
   CHECK(!w.disarm(1));  // already ran
   // The same descriptor can be armed again under a new key once the handler ran.
   std::atomic<int> again{0};
-  a.kill.store(false);
-  w.arm(3, a.ours.get(), a.poked(), [&] { again.fetch_add(1); });
+  w.arm(4, a.ours.get(), [&] { again.fetch_add(1); });
   CHECK(check::eventually([&] { return again.load() == 1; }));  // still readable
-}
-
-TEST_CASE(a_poke_is_only_for_the_arms_it_concerns) {
-  mp::reply_watcher w;
-  watched_pair a, b;
-  std::atomic<int> ran_a{0}, ran_b{0};
-  w.arm(1, a.ours.get(), a.poked(), [&] { ran_a.fetch_add(1); });
-  w.arm(2, b.ours.get(), b.poked(), [&] { ran_b.fetch_add(1); });
-  b.kill.store(true);
-  w.poke();
-  CHECK(check::eventually([&] { return ran_b.load() == 1; }));
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  CHECK_EQ(ran_a.load(), 0);  // neither readable nor poked
-  CHECK(w.disarm(1));
-}
-
-TEST_CASE(an_arm_whose_kill_came_before_it_runs_without_another_poke) {
-  mp::reply_watcher w;
-  watched_pair a;
-  a.kill.store(true);  // requested, and its poke gone, before the arm existed
-  std::atomic<int> ran{0};
-  w.arm(5, a.ours.get(), a.poked(), [&] { ran.fetch_add(1); });
-  CHECK(check::eventually([&] { return ran.load() == 1; }));
-  CHECK(!w.disarm(5));
 }
 
 TEST_CASE(a_disarmed_handler_never_runs_and_an_old_key_disarms_nothing) {
   mp::reply_watcher w;
   watched_pair a;
   std::atomic<int> ran{0};
-  w.arm(7, a.ours.get(), a.poked(), [&] { ran.fetch_add(1); });
+  w.arm(7, a.ours.get(), [&] { ran.fetch_add(1); });
   CHECK(w.disarm(7));
   CHECK(!w.disarm(7));
   a.reply();
-  a.kill.store(true);
-  w.poke();
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   CHECK_EQ(ran.load(), 0);
   char c = 0;
   CHECK(::read(a.ours.get(), &c, 1) == 1);  // the disarming side owns the read
 
-  a.kill.store(false);
-  w.arm(8, a.ours.get(), a.poked(), [&] { ran.fetch_add(1); });
+  w.arm(8, a.ours.get(), [&] { ran.fetch_add(1); });
   CHECK(!w.disarm(7));  // a stale key leaves the new arm alone
-  a.kill.store(true);
-  w.poke();
+  a.reply();
   CHECK(check::eventually([&] { return ran.load() == 1; }));
   CHECK(!w.disarm(8));
 }
@@ -334,7 +329,7 @@ TEST_CASE_LIMIT(each_arm_is_either_handled_or_disarmed_never_both_under_races, 1
       for (int n = 0; n < rounds; ++n) {
         const uint64_t key = static_cast<uint64_t>(i) * rounds + static_cast<uint64_t>(n) + 1;
         std::atomic<bool> done{false};
-        w.arm(key, p.ours.get(), p.poked(), [&] {
+        w.arm(key, p.ours.get(), [&] {
           handled.fetch_add(1);
           done.store(true);
         });

@@ -1,11 +1,13 @@
 // Tests of the process transport (framing, out-of-band shared memory) and of worker
 // process control (spawn, stop, reap), without Python.
 #include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -153,6 +155,43 @@ TEST_CASE(send_to_closed_peer_reports_eof_without_sigpipe) {
   const std::string payload(1 << 20, 'p');
   auto r = mp::ipc::send_frame(a.get(), frame_kind::call, 1, 0, payload.data(), payload.size());
   CHECK(r.status == io_status::eof);
+}
+
+void on_sigusr1(int) {}
+
+TEST_CASE(a_signal_interrupts_only_an_interruptible_wait_for_a_frame) {
+  // A handler without SA_RESTART, as CPython installs its own: the blocked read sees EINTR.
+  struct sigaction sa {};
+  sa.sa_handler = on_sigusr1;
+  struct sigaction old {};
+  CHECK(::sigaction(SIGUSR1, &sa, &old) == 0);
+  unique_fd a, b;
+  mp::ipc::make_socket_pair(a, b);
+  for (const bool interruptible : {true, false}) {
+    std::atomic<int> status{-1};
+    frame f;
+    std::thread reader([&] {
+      status.store(static_cast<int>(mp::ipc::recv_frame(b.get(), f, interruptible).status));
+    });
+    const pthread_t handle = reader.native_handle();
+    // Signal until the reader returns (interruptible) or for a while (not): a signal that
+    // lands before the read blocks interrupts nothing, so one is not enough.
+    for (int i = 0; i < 20 && status.load() < 0; ++i) {
+      ::pthread_kill(handle, SIGUSR1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (interruptible) {
+      reader.join();
+      CHECK(status.load() == static_cast<int>(io_status::interrupted));
+    } else {
+      CHECK_EQ(status.load(), -1);  // still waiting for its frame
+      CHECK(mp::ipc::send_frame(a.get(), frame_kind::result, 5, 0, "x", 1).ok());
+      reader.join();
+      CHECK(status.load() == static_cast<int>(io_status::ok));
+      CHECK_EQ(f.task_id, uint64_t{5});
+    }
+  }
+  CHECK(::sigaction(SIGUSR1, &old, nullptr) == 0);
 }
 
 TEST_CASE(frames_in_both_directions_from_two_threads) {
