@@ -248,7 +248,9 @@ void task::after_settle() {
 void task::on_settled(std::function<void(task&)> fn) {
   {
     std::lock_guard<std::mutex> lk(hooks_mu_);
-    if (!hooks_done_) {
+    // Settled but its hooks not taken yet (the settling thread is on its way to
+    // after_settle): this one runs here and now all the same, as promised.
+    if (!hooks_done_ && !settled()) {
       hooks_.push_back(std::move(fn));
       return;
     }

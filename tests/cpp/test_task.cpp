@@ -312,6 +312,28 @@ TEST_CASE(on_settled_hooks_run_exactly_once_on_settling_thread) {
   CHECK(late_thread == std::this_thread::get_id());
 }
 
+TEST_CASE(a_hook_registered_as_soon_as_the_task_settled_runs_at_once_on_its_thread) {
+  // The registering thread sees the outcome the moment it is published, which may be before
+  // the settling thread took the hooks registered so far: the new one must not join them.
+  int late_runs = 0, elsewhere = 0;
+  for (int i = 0; i < 2000; ++i) {
+    mp::function_task t([] { return outcome::done; });
+    std::thread runner([&] { t.run(); });
+    while (!t.settled()) {
+    }
+    bool ran = false;
+    const auto me = std::this_thread::get_id();
+    t.on_settled([&](mp::task&) {
+      ran = true;
+      if (std::this_thread::get_id() != me) ++elsewhere;
+    });
+    if (ran) ++late_runs;
+    runner.join();
+  }
+  CHECK_EQ(late_runs, 2000);
+  CHECK_EQ(elsewhere, 0);
+}
+
 TEST_CASE(on_settled_hooks_run_once_when_cancel_races_completion) {
   std::latch started(1), release(1);
   mp::function_task t([&] {

@@ -225,7 +225,13 @@ def test_callback_can_get_the_result_of_another_running_task(task_decorator, gat
         results.append((value, other.get(timeout=WAIT)))
         fired.set()
 
-    mp.parallel(lambda: "first")().on_complete(combine)
+    # "first" finishes only once the callback is registered, so the callback runs on
+    # its worker thread; registered after it finished, it would run here at once and
+    # wait for "other" before this thread could open the gate.
+    registered = threading.Event()
+    first = mp.parallel(lambda: (registered.wait(WAIT), "first")[1])()
+    first.on_complete(combine)
+    registered.set()
     gate.open()
 
     assert fired.wait(WAIT)
