@@ -8,8 +8,10 @@ attached to the binding's class so that there is one handle type.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import logging
+import threading
 from typing import Any, Callable, Generator
 
 from . import _core
@@ -27,14 +29,23 @@ _DONE, _FAILED, _CANCELLED, _TIMED_OUT = 1, 2, 3, 4
 def _guarded(callback: Callable[..., Any], what: str) -> Callable[..., None]:
     """Wraps a user callback so an exception in it is logged, never raised.
 
+    The one exception is Ctrl-C landing while the callback runs on the main
+    thread (at once when registered, or inside ``get()``): that interrupt is
+    the program's, so it is delivered again as soon as the callback returns.
+
     Raises:
-        TypeError: at once, if ``callback`` is not callable.
+        TypeError: at once, if ``callback`` is not callable (naming ``what``).
     """
     check_callable(callback, what)
 
     def call(*args: Any) -> None:
         try:
             callback(*args)
+        except KeyboardInterrupt:
+            if threading.current_thread() is threading.main_thread():
+                _thread.interrupt_main()
+            else:
+                logger.exception("%s callback %r raised", what, callback)
         except BaseException:  # even SystemExit: a callback cannot end the worker
             logger.exception("%s callback %r raised", what, callback)
 
@@ -62,7 +73,7 @@ def add_done_callback(self: Any, fn: Callable[[Any], Any]) -> None:
     Runs on the thread that settles the task, or at once in this thread if it
     is settled already. An exception raised by ``fn`` is logged and ignored.
     """
-    self._add_settled_hook(_guarded(fn, "done"))
+    self._add_settled_hook(_guarded(fn, "add_done_callback"))
 
 
 def on_complete(self: Any, callback: Callable[[Any], Any]) -> Any:

@@ -244,8 +244,8 @@ def _dumps(obj: Any, out_of_band: bool = True) -> tuple[bytes, list]:
     return cloudpickle.dumps(obj, protocol=5, buffer_callback=callback), buffers
 
 
-def _map_buffers(fds: list) -> list:
-    """Maps received shared-memory descriptors (closing them) as buffers.
+def _map_buffers(fds: list, close: bool = True) -> list:
+    """Maps received shared-memory descriptors (closing them, if asked) as buffers.
 
     The mappings are private copy-on-write, so what is rebuilt from them is
     writable (NumPy arrays) without touching the sender's memory.
@@ -265,7 +265,8 @@ def _map_buffers(fds: list) -> list:
         except BaseException as exc:  # still close the remaining descriptors
             error = exc
         finally:
-            os.close(fd)
+            if close:
+                os.close(fd)
     if error is not None:
         raise error
     return maps
@@ -346,15 +347,31 @@ def _encode_result(value: Any) -> tuple[bytes, list]:
     return _dumps(_wrap_large(value))
 
 
+def _safe_str(obj: Any, formatter: Callable[[Any], str] = str) -> str:
+    """``formatter(obj)``, or a placeholder if that raises: user code may."""
+    try:
+        return formatter(obj)
+    except Exception:
+        return f"<{formatter.__name__}() of the {type(obj).__name__} object failed>"
+
+
+def _traceback_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
 def _encode_error(exc: BaseException) -> bytes:
-    """Pickles an exception with what is needed if it cannot be rebuilt."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """Pickles an exception with what is needed if it cannot be rebuilt.
+
+    Nothing here may raise: an exception whose ``__str__`` (or pickling)
+    fails still comes back, as a ``TaskError`` naming its type if need be.
+    """
+    kind = type(exc)
+    text = _safe_str(exc, _traceback_text)
     try:
         exc_data: bytes | None = _dumps(exc, out_of_band=False)[0]
     except Exception:
         exc_data = None
-    kind = type(exc)
-    info = (exc_data, f"{kind.__module__}.{kind.__qualname__}", str(exc), text)
+    info = (exc_data, f"{kind.__module__}.{kind.__qualname__}", _safe_str(exc), text)
     return _dumps(info, out_of_band=False)[0]
 
 
@@ -392,11 +409,13 @@ def _rebuild_error(info: tuple) -> BaseException:
 
 
 def _decode(payload: bytes, fds: list, is_error: bool) -> Any:
-    """The parent's reading of a reply: returns the result or raises the error."""
-    value = pickle.loads(payload, buffers=_map_buffers(fds))
-    if is_error:
-        raise _rebuild_error(value)
-    return value
+    """The parent's reading of a reply: the result, or the task's exception rebuilt.
+
+    The descriptors stay open (the core closes them), so that a decode cut short
+    by Ctrl-C can be done again.
+    """
+    value = pickle.loads(payload, buffers=_map_buffers(fds, close=False))
+    return _rebuild_error(value) if is_error else value
 
 
 def _crashed(message: str, exitcode: int, signal: int) -> None:

@@ -738,6 +738,18 @@ inline bool handle_cancel(async_handle& h, bool interrupt) {
   return settled_now;
 }
 
+/// Deals with the error a callback `fn` left set (GIL held): a KeyboardInterrupt is Ctrl-C
+/// landing while the callback ran on the main thread, which belongs to the program and is
+/// delivered again once we are back in its code; anything else is reported as unraisable.
+inline void callback_failed(PyObject* fn) {
+  if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    PyErr_Clear();
+    PyErr_SetInterrupt();
+  } else {
+    PyErr_WriteUnraisable(fn);
+  }
+}
+
 /// Runs `fn(handle)` when the task settles, with the GIL, on whichever thread settles it.
 /// Errors are reported as unraisable: the Python layer wraps user callbacks to log them.
 inline void add_settled_hook(nb::handle self, nb::callable fn) {
@@ -750,7 +762,7 @@ inline void add_settled_hook(nb::handle self, nb::callable fn) {
     if (g_exiting.load(std::memory_order_acquire)) return;  // leak rather than block at exit
     const PyGILState_STATE g = PyGILState_Ensure();
     PyObject* r = PyObject_CallOneArg(fn_ref, handle_ref);
-    if (!r) PyErr_WriteUnraisable(fn_ref);
+    if (!r) callback_failed(fn_ref);
     Py_XDECREF(r);
     Py_DECREF(fn_ref);
     Py_DECREF(handle_ref);

@@ -322,16 +322,27 @@ NB_MODULE(_core, m) {
       .def("running", [](async_handle& h) { return h.t->running(); })
       .def("status", [](async_handle& h) { return status_name(h.t->get_status()); })
       .def("is_cancelled", [](async_handle& h) { return h.t->cancel_requested(); })
-      .def("cancel", &handle_cancel, "interrupt"_a = false)
+      .def(
+          "cancel",
+          [](async_handle& h, nb::handle interrupt) {
+            if (!PyBool_Check(interrupt.ptr())) {
+              raise(PyExc_TypeError, std::string("interrupt must be a bool, not ") +
+                                         Py_TYPE(interrupt.ptr())->tp_name);
+            }
+            return handle_cancel(h, interrupt.ptr() == Py_True);
+          },
+          "interrupt"_a.none() = false)
       .def(
           "cancel_with_timeout",
           [](async_handle& h, nb::handle timeout_secs) {
-            const double s = parse_timeout(timeout_secs.ptr(), "timeout_secs");
-            if (s < 0) raise(PyExc_TypeError, "timeout_secs must be a number of seconds");
+            std::optional<mp::clock::time_point> deadline;  // None: no limit
+            if (!timeout_secs.is_none()) {
+              deadline = mp::deadline_after(parse_timeout(timeout_secs.ptr(), "timeout_secs"));
+            }
             handle_cancel(h, false);
-            return wait_for_task(*h.t, mp::deadline_after(s), true);
+            return wait_for_task(*h.t, deadline, true);
           },
-          "timeout_secs"_a)
+          "timeout_secs"_a.none())
       .def("elapsed_time", [](async_handle& h) { return h.t->elapsed_seconds(); })
       .def("get_name", [](async_handle& h) { return nb::borrow<nb::str>(h.t->name()); })
       .def("get_task_id", [](async_handle& h) { return task_id_string(h.t->id()); })
@@ -555,7 +566,7 @@ NB_MODULE(_core, m) {
       if (w != mp::wait_status::interrupted) return w == mp::wait_status::ready;
       if (PyErr_CheckSignals() != 0) throw nb::python_error();
     }
-  });
+  }, "cancel_pending"_a, "timeout"_a.none());
   m.def("_set_max_concurrent", [](uint32_t n) { rt().tracker().set_limit(n); });
   m.def("_max_concurrent", [] { return rt().tracker().limit(); });
   m.def("_set_memory_limit", [](double percent) { rt().memory().set(percent); });

@@ -151,6 +151,26 @@ PyObject* call_helper(PyObject* fn, PyObject* args) {
   return r;
 }
 
+/// Calls a pickling helper (new reference; null with an error set on failure) so that a
+/// Ctrl-C landing while it runs, which can only happen on the main thread, does not become
+/// the task's outcome: the interrupt belongs to the program. The helper is called again and
+/// the interrupt delivered afresh once it is done. Pickling has no effect to undo, so the
+/// repeat is safe; a helper that keeps raising KeyboardInterrupt by itself gives up after a
+/// few tries.
+PyObject* call_helper_keeping_interrupts(PyObject* fn, PyObject* args) {
+  bool interrupted = false;
+  PyObject* r = nullptr;
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    r = PyObject_CallObject(fn, args);
+    if (r || !PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) break;
+    interrupted = true;
+    if (attempt < 7) PyErr_Clear();
+  }
+  Py_DECREF(args);
+  if (interrupted) PyErr_SetInterrupt();
+  return r;
+}
+
 /// The spawn command from makeParallel._process. GIL held; throws nb::python_error.
 mp::spawn_spec current_spawn_spec() {
   PyObject* r = call_helper(g_helpers.spawn_spec, PyTuple_New(0));
@@ -323,7 +343,7 @@ PyObject* process_task::encode() {
     if (!dep_results) return nullptr;
   }
   PyObject* kwargs = kwargs_ ? kwargs_ : Py_None;
-  return call_helper(g_helpers.encode_call,
+  return call_helper_keeping_interrupts(g_helpers.encode_call,
                      Py_BuildValue("(OOON)", fn_, args_, kwargs, dep_results));
 }
 
@@ -337,7 +357,7 @@ void process_task::report_progress(double fraction, PyThreadState*& ts) {
   if (callbacks) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(callbacks); ++i) {
       PyObject* r = PyObject_CallFunction(PyList_GET_ITEM(callbacks, i), "d", fraction);
-      if (!r) PyErr_WriteUnraisable(PyList_GET_ITEM(callbacks, i));
+      if (!r) callback_failed(PyList_GET_ITEM(callbacks, i));
       Py_XDECREF(r);
     }
     Py_DECREF(callbacks);
@@ -677,24 +697,30 @@ void process_task::conclude(mp::worker_slot* slot, encoded_call& call, ending ho
     return;
   }
 
-  // The reply: hand the payload and the shared-memory descriptors to the decoder.
+  // The reply: hand the payload and the shared-memory descriptors to the decoder, which
+  // maps them (they stay ours, and are closed with `reply`, so that a decode interrupted by
+  // Ctrl-C can be done again).
   measured_ns_ = reply.aux;
+  const bool is_error = reply.kind == ipc::frame_kind::error;
   PyObject* fds = PyList_New(0);
   for (auto& b : reply.buffers) {
     PyObject* item = Py_BuildValue("(iK)", b.fd.get(), static_cast<unsigned long long>(b.size));
-    if (fds && item && PyList_Append(fds, item) == 0) b.fd.release();  // the decoder closes it
+    if (fds && (!item || PyList_Append(fds, item) != 0)) Py_CLEAR(fds);
     Py_XDECREF(item);
   }
   PyObject* data = PyBytes_FromStringAndSize(reply.payload.data(),
                                              static_cast<Py_ssize_t>(reply.payload.size()));
   PyObject* r = nullptr;
   if (fds && data) {
-    r = call_helper(g_helpers.decode,
-                    Py_BuildValue("(OOO)", data, fds,
-                                  reply.kind == ipc::frame_kind::error ? Py_True : Py_False));
+    r = call_helper_keeping_interrupts(
+        g_helpers.decode, Py_BuildValue("(OOO)", data, fds, is_error ? Py_True : Py_False));
   }
   Py_XDECREF(fds);
   Py_XDECREF(data);
+  if (r && is_error) {  // the task's exception, rebuilt: it becomes the outcome
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(r)), r);
+    Py_CLEAR(r);
+  }
   finish(r);
 }
 

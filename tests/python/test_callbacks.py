@@ -427,3 +427,32 @@ def test_current_task_id_differs_between_tasks(task_decorator):
 
 def test_current_task_id_outside_a_task_is_none():
     assert mp.get_current_task_id() is None
+
+
+def test_add_done_callback_names_itself_when_given_no_callable():
+    handle = mp.parallel(abs)(-1)
+    with pytest.raises(TypeError, match="add_done_callback"):
+        handle.add_done_callback(5)
+    assert handle.get(WAIT) == 1
+
+
+def test_ctrl_c_in_a_callback_on_the_main_thread_reaches_the_program(run_python):
+    result = run_python(
+        """
+        import os, signal, threading, time
+        import makeParallel as mp
+
+        handle = mp.parallel_pool(abs)(-42)
+        handle.wait(10)
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            handle.on_complete(lambda value: time.sleep(2))  # runs here, at once
+            time.sleep(2)
+            print("swallowed")
+        except KeyboardInterrupt:
+            print("interrupted")
+        print(handle.get(10))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["interrupted", "42"]

@@ -514,3 +514,33 @@ def test_exit_completes_tasks_that_were_not_cancelled(run_python, decorator):
         "finished 1",
         "finished 2",
     ]
+
+
+def test_cancel_with_timeout_none_waits_without_limit(gate):
+    handle = mp.parallel(lambda: (gate.enter(), mp.check_cancelled())[1])()
+    gate.wait_entered(1)
+    threading.Timer(0.2, gate.open).start()
+    assert handle.cancel_with_timeout(None) is True
+    assert not handle.running()
+    assert handle.status() == "cancelled"
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, "1", True], ids=repr)
+def test_cancel_with_timeout_rejects_a_bad_timeout_before_cancelling(gate, bad):
+    handle = mp.parallel(lambda: gate.enter())()
+    gate.wait_entered(1)
+    with pytest.raises((TypeError, ValueError), match="timeout_secs"):
+        handle.cancel_with_timeout(bad)
+    assert not handle.is_cancelled()
+    gate.open()
+    handle.get(WAIT)
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None], ids=repr)
+def test_cancel_interrupt_must_be_a_bool(bad):
+    handle = mp.parallel(abs)(-1)
+    with pytest.raises(TypeError, match="interrupt must be a bool"):
+        handle.cancel(bad)
+    with pytest.raises(TypeError, match="interrupt must be a bool"):
+        handle.cancel(interrupt=bad)
+    assert handle.get(WAIT) == 1

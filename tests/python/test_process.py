@@ -843,3 +843,84 @@ def test_parallel_map_names_the_chunk_of_an_item_that_cannot_be_pickled():
         mp.parallel_map(repr, items, chunksize=4, backend="process")
     notes = " ".join(getattr(info.value, "__notes__", []))
     assert "parallel_map items 8 to 11" in notes
+
+
+def test_ctrl_c_while_the_reply_is_unpickled_leaves_the_result_to_the_task(run_python):
+    result = run_python(
+        """
+        import os, signal, threading, time
+        import makeParallel as mp
+
+        def slow_restore(value):
+            time.sleep(1.0)
+            return value
+
+        class SlowToUnpickle:
+            def __init__(self, value):
+                self.value = value
+            def __reduce__(self):
+                return (slow_restore, (self.value,))
+
+        mp.configure_process_pool(1)
+        f = mp.parallel(backend="process")
+        f(os.getpid)().get()
+        h = f(SlowToUnpickle)(42)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            h.get(10)
+            print("not-interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+        print(h.status(), h.get(10))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["interrupted", "done", "42"]
+
+
+def test_ctrl_c_while_the_call_is_pickled_reaches_the_caller(run_python):
+    result = run_python(
+        """
+        import os, signal, threading, time
+        import makeParallel as mp
+
+        class SlowToPickle:
+            def __reduce__(self):
+                time.sleep(0.6)
+                return (int, (7,))
+
+        mp.configure_process_pool(1)
+        f = mp.parallel(backend="process")
+        f(os.getpid)().get()
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            f(abs)(SlowToPickle())
+            print("not-interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+        # The call was sent whole (its arguments pickled again): the pool goes on.
+        print(f(abs)(-3).get(10))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["interrupted", "3"]
+
+
+class _StrRaises(Exception):
+    def __str__(self):
+        return f"bad key {self.key}"  # never set: str() raises AttributeError
+
+
+def _raise_str_raises():
+    raise _StrRaises()
+
+
+def test_an_exception_whose_str_raises_comes_back_and_the_worker_survives():
+    mp.configure_process_pool(1)
+    f = mp.parallel(backend="process")
+    worker = f(pid_of)().get()
+    with pytest.raises(_StrRaises):
+        f(_raise_str_raises)().get(WAIT)
+    assert f(pid_of)().get(WAIT) == worker

@@ -127,6 +127,14 @@ def test_shutdown_with_nothing_running_returns_true_at_once():
     assert mp.shutdown(timeout_secs=0) is True
 
 
+def test_shutdown_without_a_time_limit_waits_for_running_code(gate):
+    handle = mp.parallel(lambda: (gate.enter(), "finished")[1])()
+    gate.wait_entered(1)
+    threading.Timer(0.2, gate.open).start()
+    assert mp.shutdown(timeout_secs=None, cancel_pending=False) is True
+    assert not handle.running()
+
+
 def test_shutdown_twice_is_harmless():
     assert mp.shutdown(timeout_secs=WAIT) is True
     assert mp.shutdown(timeout_secs=WAIT) is True
