@@ -309,7 +309,16 @@ def _dumps_fn(fn: Any) -> bytes:
         data = b"__main__"  # not by reference: fall through to by value
     if b"__main__" in data:
         # By value each time: a closure or __main__ function may change.
-        return cloudpickle.dumps(fn, protocol=5)
+        try:
+            return cloudpickle.dumps(fn, protocol=5)
+        except Exception as exc:
+            name = getattr(fn, "__qualname__", None) or repr(fn)
+            raise TypeError(
+                f"cannot send {name} to a worker process: {exc} (a function defined "
+                "in __main__, a lambda or a closure is pickled by value, together with "
+                "the globals it uses; move it to an importable module to send it by "
+                "name)"
+            ) from exc
     if len(_by_reference) >= 1024:
         _by_reference.clear()
     _by_reference[id(fn)] = (fn, data)
@@ -427,7 +436,8 @@ def _spawn_spec() -> tuple[list, list]:
 
     The worker is a fresh interpreter (``sys.executable``) that sees the same
     import path as this process, so it imports the same makeParallel and can
-    find the modules that pickled functions refer to.
+    find the modules that pickled functions refer to, and that runs with the
+    same optimisation level (``-O``).
     """
     if not sys.executable:
         raise RuntimeError("cannot start worker processes: sys.executable is unknown")
@@ -435,7 +445,11 @@ def _spawn_spec() -> tuple[list, list]:
     cwd = os.getcwd()
     paths = [p or cwd for p in sys.path]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    argv = [sys.executable, "-m", "makeParallel._worker", "3", str(os.getpid())]
+    # -O/-OO change what code does (assert statements, __debug__), so the worker
+    # runs the task's code with the same level.
+    optimize = ["-O"] * sys.flags.optimize
+    argv = [sys.executable, *optimize, "-m", "makeParallel._worker", "3",
+            str(os.getpid())]
     return argv, [f"{k}={v}" for k, v in env.items()]
 
 

@@ -420,7 +420,16 @@ NB_MODULE(_core, m) {
         check_accepting();
         auto* st = static_cast<std::shared_ptr<map_state>*>(state.data());
         auto t = std::make_shared<map_chunk_task>(name.ptr(), fn.ptr(), items.ptr(), base, *st);
-        rt().submit(t, mp::place::pool);
+        admit(*t);  // a chunk is a task: set_max_concurrent_tasks counts it
+        try {
+          rt().submit(t, mp::place::pool);
+        } catch (const mp::shutdown_error& e) {
+          refused(*t);
+          raise(g_exc.shutdown, e.what());
+        } catch (const mp::memory_error& e) {
+          refused(*t);
+          raise(PyExc_MemoryError, e.what());
+        }
         return async_handle{std::move(t)};
       },
       "fn"_a, "name"_a, "items"_a, "base"_a, "state"_a);

@@ -115,6 +115,12 @@ std::shared_ptr<worker_process> worker_process::spawn(const spawn_spec& spec) {
   if (int e = posix_spawn_file_actions_adddup2(&sa.actions, child_end.get(), worker_fd)) {
     throw_errno(e, "posix_spawn_file_actions_adddup2");
   }
+  // Standard input is the parent's terminal or pipe, not the worker's to read: a task that
+  // reads it gets end of input at once instead of competing with the parent.
+  if (int e = posix_spawn_file_actions_addopen(&sa.actions, STDIN_FILENO, "/dev/null",
+                                               O_RDONLY, 0)) {
+    throw_errno(e, "posix_spawn_file_actions_addopen");
+  }
   // Our worker threads block asynchronous signals and Python ignores SIGPIPE; both
   // would be inherited through exec, so the worker starts from a clean slate instead.
   sigset_t none, defaults;

@@ -182,14 +182,16 @@ def run_python(tmp_path):
     """Runs a Python script in a fresh interpreter and returns the result.
 
     The script is dedented; `timeout` bounds the whole run (a hang fails
-    the test with `subprocess.TimeoutExpired`).
+    the test with `subprocess.TimeoutExpired`); `options` go to the
+    interpreter before the script; `stdin` is all the script can read.
     """
 
-    def run(code, timeout=30.0, env=None):
+    def run(code, timeout=30.0, env=None, options=(), stdin=""):
         script = tmp_path / "script.py"
         script.write_text(textwrap.dedent(code))
         return subprocess.run(
-            [sys.executable, str(script)],
+            [sys.executable, *options, str(script)],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

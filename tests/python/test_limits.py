@@ -120,6 +120,22 @@ def test_blocked_submitter_is_released_when_a_slot_frees(task_decorator, gate):
     blocker.get(WAIT)
 
 
+def test_parallel_map_chunks_count_against_the_limit(gate):
+    mp.set_max_concurrent_tasks(1)
+    blocker = mp.parallel_pool(gate.enter)()
+    gate.wait_entered(1)
+
+    thread, results = start_submitter(mp.parallel_map, abs, [-1, -2, -3])
+
+    assert_blocked(thread)
+    assert results == []
+    gate.open()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert results == [[1, 2, 3]]
+    blocker.get(WAIT)
+
+
 def test_a_cancelled_queued_task_frees_its_slot(block_pool):
     # Tasks already in flight count against a new limit: the blocker and `queued`
     # fill both slots.

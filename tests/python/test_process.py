@@ -924,3 +924,49 @@ def test_an_exception_whose_str_raises_comes_back_and_the_worker_survives():
     with pytest.raises(_StrRaises):
         f(_raise_str_raises)().get(WAIT)
     assert f(pid_of)().get(WAIT) == worker
+
+
+@pytest.mark.parametrize("options, level", [((), "0"), (("-O",), "1"), (("-OO",), "2")])
+def test_workers_run_with_the_parents_optimisation_level_and_no_stdin(
+    run_python, options, level
+):
+    result = run_python(
+        """
+        import sys
+        import makeParallel as mp
+
+        def probe(_):
+            return sys.flags.optimize, sys.stdin.read(1) == ""
+
+        print(*mp.parallel(backend="process")(probe)(0).get(30))
+        """,
+        timeout=60,
+        options=options,
+        stdin="the parent's input\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [level, "True"]
+
+
+def test_a_function_that_cannot_travel_by_value_says_so(run_python):
+    result = run_python(
+        """
+        import threading
+        import makeParallel as mp
+
+        lock = threading.Lock()
+
+        def work(x):
+            with lock:
+                return x * 2
+
+        try:
+            mp.parallel(backend="process")(work)(1).get(30)
+        except TypeError as exc:
+            print(exc)
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "cannot send work to a worker process" in result.stdout
+    assert "globals" in result.stdout
