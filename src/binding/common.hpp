@@ -775,6 +775,25 @@ inline void add_settled_hook(nb::handle self, nb::callable fn) {
 
 /// Blocks until set_max_concurrent_tasks admits `t` (module.cpp).
 void admit_task(mp::task& t);
+/// Gives back the admission slot of a task the runtime refused before counting it, which
+/// no one else would (it never ran, and no queue ever dropped it) (module.cpp).
+void refused(mp::task& t);
+
+/// Admits `t`, then runs `submit`, which hands it to the runtime. A refusal (shutdown, the
+/// memory limit) gives the slot back and raises ShutdownError or MemoryError.
+template <class Submit>
+void admit_and_submit(mp::task& t, Submit&& submit) {
+  admit_task(t);
+  try {
+    submit();
+  } catch (const mp::shutdown_error& e) {
+    refused(t);
+    raise(g_exc.shutdown, e.what());
+  } catch (const mp::memory_error& e) {
+    refused(t);
+    raise(PyExc_MemoryError, e.what());
+  }
+}
 
 /// Submits `fn(*args, **kwargs)` to run in a worker process; returns an AsyncHandle.
 /// `kwargs` and `metrics` may be null. With `deps`, runs once they all succeeded.

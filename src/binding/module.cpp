@@ -49,11 +49,6 @@ void admit(mp::task& t) {
   t.set_admitted();
 }
 
-/// The runtime refused `t` before counting it: give back its admission slot, which no
-/// one else will (the task never ran and was never dropped by a queue).
-void refused(mp::task& t) {
-  if (t.admitted()) rt().tracker().release_slot();
-}
 
 /// Reads depends_on=: a list or tuple of handles.
 std::vector<std::shared_ptr<py_task>> parse_dependencies(PyObject* value) {
@@ -82,21 +77,14 @@ nb::object submit_call(task_function& f, PyObject* args, PyObject* kwargs, doubl
   t->set_metrics(f.metrics);
   t->timeout = timeout;
   t->deps = std::move(deps);
-  admit(*t);
-  try {
+  admit_and_submit(*t, [&] {
     const auto where = static_cast<mp::place>(f.where);
     if (t->deps.empty()) {
       rt().submit(t, where, priority, timeout);
     } else {
       submit_after(t, timeout, [t, where] { rt().enqueue(t, where); });
     }
-  } catch (const mp::shutdown_error& e) {
-    refused(*t);
-    raise(g_exc.shutdown, e.what());
-  } catch (const mp::memory_error& e) {
-    refused(*t);
-    raise(PyExc_MemoryError, e.what());
-  }
+  });
   return nb::cast(async_handle{std::move(t)});
 }
 
@@ -269,6 +257,10 @@ void at_exit() {
 
 void mpb::admit_task(mp::task& t) { admit(t); }
 
+void mpb::refused(mp::task& t) {
+  if (t.admitted()) rt().tracker().release_slot();
+}
+
 NB_MODULE(_core, m) {
   m.doc() = "makeParallel's C++ core, bound for Python. Use the makeParallel package instead.";
   // Tasks stuck in C at exit keep references on purpose (see at_exit); don't report them.
@@ -420,16 +412,8 @@ NB_MODULE(_core, m) {
         check_accepting();
         auto* st = static_cast<std::shared_ptr<map_state>*>(state.data());
         auto t = std::make_shared<map_chunk_task>(name.ptr(), fn.ptr(), items.ptr(), base, *st);
-        admit(*t);  // a chunk is a task: set_max_concurrent_tasks counts it
-        try {
-          rt().submit(t, mp::place::pool);
-        } catch (const mp::shutdown_error& e) {
-          refused(*t);
-          raise(g_exc.shutdown, e.what());
-        } catch (const mp::memory_error& e) {
-          refused(*t);
-          raise(PyExc_MemoryError, e.what());
-        }
+        // A chunk is a task: set_max_concurrent_tasks counts it.
+        admit_and_submit(*t, [&] { rt().submit(t, mp::place::pool); });
         return async_handle{std::move(t)};
       },
       "fn"_a, "name"_a, "items"_a, "base"_a, "state"_a);

@@ -807,10 +807,7 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
   t->deps = std::move(deps);
   t->on_settled([](mp::task& x) { static_cast<process_task&>(x).settled_hook(); });
   mp::executor& ex = process_executor(prioritized);
-  // A refused task must give its admission slot back: a task that was never registered
-  // has no tracker to return it when it ends.
-  admit_task(*t);
-  try {
+  admit_and_submit(*t, [&] {
     if (t->deps.empty()) {
       rt().adopt(t, timeout);
       // A worker is idle and nothing waits before this task: send it from here, so that no
@@ -833,13 +830,7 @@ nb::object submit_process(PyObject* name, PyObject* fn, PyObject* args, PyObject
         process_executor(prioritized).submit(t, priority);
       });
     }
-  } catch (const mp::shutdown_error& e) {
-    if (t->admitted()) rt().tracker().release_slot();
-    raise(g_exc.shutdown, e.what());
-  } catch (const mp::memory_error& e) {
-    if (t->admitted()) rt().tracker().release_slot();
-    raise(PyExc_MemoryError, e.what());
-  }
+  });
   return nb::cast(async_handle{std::move(t)});
 }
 

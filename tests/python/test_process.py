@@ -852,7 +852,12 @@ def test_ctrl_c_while_the_reply_is_unpickled_leaves_the_result_to_the_task(run_p
         import makeParallel as mp
 
         def slow_restore(value):
-            time.sleep(1.0)
+            # Runs in this process, while get() unpickles the reply: Ctrl-C lands
+            # here, once (the unpickling is done again after it).
+            if not os.environ.get("INTERRUPTED"):
+                os.environ["INTERRUPTED"] = "1"
+                os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.3)
             return value
 
         class SlowToUnpickle:
@@ -865,7 +870,6 @@ def test_ctrl_c_while_the_reply_is_unpickled_leaves_the_result_to_the_task(run_p
         f = mp.parallel(backend="process")
         f(os.getpid)().get()
         h = f(SlowToUnpickle)(42)
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         try:
             h.get(10)
             print("not-interrupted")
@@ -876,7 +880,12 @@ def test_ctrl_c_while_the_reply_is_unpickled_leaves_the_result_to_the_task(run_p
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["interrupted", "done", "42"]
+    interrupted, status, value = result.stdout.split()
+    assert interrupted == "interrupted"
+    # Done, or (if another thread happened to collect the reply) still being read:
+    # never failed with the KeyboardInterrupt.
+    assert status in ("done", "running")
+    assert value == "42"
 
 
 def test_ctrl_c_while_the_call_is_pickled_reaches_the_caller(run_python):
