@@ -49,7 +49,6 @@ void admit(mp::task& t) {
   t.set_admitted();
 }
 
-
 /// Reads depends_on=: a list or tuple of handles.
 std::vector<std::shared_ptr<py_task>> parse_dependencies(PyObject* value) {
   if (!PyList_Check(value) && !PyTuple_Check(value)) {

@@ -161,12 +161,14 @@ PyObject* call_helper_keeping_interrupts(PyObject* fn, PyObject* args) {
   bool interrupted = false;
   PyObject* r = nullptr;
   for (int attempt = 0; attempt < 8; ++attempt) {
-    r = PyObject_CallObject(fn, args);
+    if (!args) break;
+    Py_INCREF(args);  // call_helper consumes one reference per call
+    r = call_helper(fn, args);
     if (r || !PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) break;
     interrupted = true;
     if (attempt < 7) PyErr_Clear();
   }
-  Py_DECREF(args);
+  Py_XDECREF(args);
   if (interrupted) PyErr_SetInterrupt();
   return r;
 }
